@@ -1,0 +1,358 @@
+"""The ASGI entry point: one straight line per call through a precompiled plan (style rules 9 and 11).
+
+    route → authenticate → [pre-processing] → proxy → [post-processing] → respond
+
+Theory of operation:
+
+* ``GatewayApp`` holds a ``RuntimeHolder``; each call takes the *current* ``Runtime`` once at its start and
+  uses it to the end, so a SIGHUP reload swaps configurations without touching calls in flight.
+* Pre/post processing are the endpoint's ``EndpointSidecar`` (``sidecar/engine.py``); an endpoint without
+  processors has ``None`` there and the call is a plain proxy.
+* Always answer: a gateway error before the response started is rendered (§6.2); an unexpected exception is
+  a logged 500 if nothing was sent, an aborted connection otherwise (uvicorn ``run_asgi``).
+* Client disconnects cancel the call (and with it the upstream request) through a watcher on ``receive``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import BackendFailure, ClientError, ErrorCode, GatewayError, InternalError
+from ..observability.logs import AccessLog, log_event
+from ..observability.metrics import unmatched_total
+from ..sidecar.call import BackendRequest, BackendResponse, CallContext, ClientRequest
+from ..transports.pool import ConnectError, HttpResponse, ReadError
+from .headers import MESSAGE_ID, client_address, forward_request_headers, strip_hop_by_hop
+from .keys import authenticate, find_key, mask_key
+from .proxy import BodyTooLarge, ClientDisconnected, backend_path, read_body, stream_body
+from .responses import Reply, render_error, render_termination_message
+from .routing import MethodNotAllowed
+from .runtime import EndpointRuntime, Runtime, RuntimeHolder
+
+__all__ = ["GatewayApp"]
+
+Scope = dict[str, Any]
+Message = dict[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+# A minimum budget for the backend call when pre-processing used up the endpoint deadline: the backend still
+# gets a chance to answer fast rather than an immediate 504 (Envoy's per-try floor is similar in spirit).
+MIN_BACKEND_BUDGET_S = 0.001
+
+
+class _Responder:
+    """Tracks whether the response started (style rule 11) and sends replies."""
+
+    __slots__ = ("send", "started", "status")
+
+    def __init__(self, send: Send) -> None:
+        self.send = send
+        self.started = False
+        self.status = 0
+
+    async def reply(self, reply: Reply) -> None:
+        self.started = True
+        self.status = reply.status
+        headers = reply.headers
+        headers.append((b"content-length", str(len(reply.body)).encode()))
+        await self.send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await self.send({"type": "http.response.body", "body": reply.body})
+
+
+def _host_without_port(host: str) -> str:
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1].lower() if end > 0 else host.lower()
+    return host.rsplit(":", 1)[0].lower() if ":" in host else host.lower()
+
+
+class GatewayApp:
+    def __init__(self, holder: RuntimeHolder, access_log: AccessLog | None = None) -> None:
+        self.holder = holder
+        self.access_log = access_log or AccessLog()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.holder.start()
+                except Exception as exc:  # reported to uvicorn, which refuses to start
+                    await send({"type": "lifespan.startup.failed", "message": str(exc)})
+                    return
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.holder.stop()
+                self.access_log.flush()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        runtime = self.holder.current
+        runtime.inflight += 1
+        responder = _Responder(send)
+        record: dict[str, Any] = {}
+        started = time.perf_counter()
+        try:
+            await self._handle(runtime, scope, receive, responder, record)
+        except asyncio.CancelledError:
+            if not record.get("disconnected"):
+                raise
+            record["status"] = 499  # nginx's "client closed request"
+        except Exception as exc:
+            log_event(logging.ERROR, "unhandled_error", message_id=record.get("message_id"), error=repr(exc))
+            if not responder.started:
+                await responder.reply(render_error(InternalError(repr(exc)), None))
+            else:
+                raise
+        finally:
+            runtime.inflight -= 1
+            elapsed = time.perf_counter() - started
+            status = record.setdefault("status", responder.status)
+            ep = record.pop("_ep", None)
+            if ep is not None:
+                ep.metrics.count(status)
+                ep.metrics.request_duration.observe(elapsed)
+            if self.access_log.enabled:
+                record["duration_ms"] = round(elapsed * 1000, 3)
+                record["ts"] = round(time.time(), 3)
+                self.access_log.write(record)
+
+    async def _handle(self, rt: Runtime, scope: Scope, receive: Receive, responder: _Responder,
+                      record: dict[str, Any]) -> None:
+        method: str = scope["method"]
+        raw = scope.get("raw_path")
+        raw_path = raw.decode("latin-1") if raw else scope["path"]
+        query_string = scope["query_string"].decode("latin-1")
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        host_b = b""
+        for k, v in headers:
+            if k == b"host":
+                host_b = v
+                break
+        host = host_b.decode("latin-1")
+        record.update(method=method, path=raw_path)
+
+        # P1: match the endpoint
+        try:
+            match = rt.router.match(_host_without_port(host), method, raw_path)
+        except ClientError as err:
+            reply = render_error(err, None)
+            if isinstance(err, MethodNotAllowed):
+                reply.headers.append((b"allow", err.allow.encode()))
+            unmatched_total.labels(str(err.status)).inc()
+            record["error"] = err.error_name
+            await responder.reply(reply)
+            return
+        epr: EndpointRuntime = rt.endpoints[match.endpoint.endpoint_id]
+        endpoint = epr.plan
+        message_id = str(uuid.uuid4())
+        record.update(message_id=message_id, service_id=endpoint.service_id, endpoint_id=endpoint.endpoint_id, _ep=epr)
+
+        # P2: key authentication
+        try:
+            presented = find_key(endpoint.key_location, query_string, headers)
+            record["key"] = mask_key(presented)  # the path is logged without its query, so without the key
+            package_key = authenticate(presented, rt.plan.keys, key_required=endpoint.key_required)
+        except ClientError as err:
+            record["error"] = err.error_name
+            await responder.reply(render_error(err, endpoint))
+            return
+
+        peer = scope["client"][0] if scope.get("client") else ""
+        peer_trusted = rt.is_trusted(peer)
+        client_addr = client_address(peer, headers, rt.plan.trusted_proxies) if peer_trusted else peer
+        request = ClientRequest(method=method, scheme=scope.get("scheme", "http"), host=host, raw_path=raw_path,
+                                remainder=match.remainder or "/", query_string=query_string, headers=headers,
+                                client_addr=client_addr)
+        target = endpoint.target
+        backend = BackendRequest(
+            method=method, scheme=target.scheme, host=target.host, port=target.port,
+            path_qs=backend_path(target, match.remainder, query_string),
+            headers=forward_request_headers(headers, peer=peer, peer_trusted=peer_trusted,
+                                            scheme=request.scheme, host=host_b, backend_host=target.host_header),
+        )
+        call = CallContext(message_id=message_id, endpoint=endpoint, request=request, package_key=package_key)
+        deadline = time.monotonic() + endpoint.timeout_s
+        watcher = _DisconnectWatcher(receive, record)
+        try:
+            await self._call(rt, epr, call, backend, receive, responder, record, deadline, watcher)
+        finally:
+            watcher.stop()
+
+    async def _call(self, rt: Runtime, epr: EndpointRuntime, call: CallContext, backend: BackendRequest,
+                    receive: Receive, responder: _Responder, record: dict[str, Any], deadline: float,
+                    watcher: _DisconnectWatcher) -> None:
+        endpoint = epr.plan
+        sidecar = epr.sidecar
+        limit = rt.plan.max_request_body
+        body_stream: stream_body | None = None
+        try:
+            # Request body: announced too large → 413 at once; buffered only when a processor needs it.
+            declared = _content_length(call.request.headers)
+            if declared is not None and declared > limit:
+                raise BodyTooLarge
+            has_body = declared != 0 and (declared is not None or _has_transfer_encoding(call.request.headers))
+            if has_body and sidecar is not None and sidecar.needs_request_body:
+                call.request.body = await read_body(receive, limit)
+                backend.body = call.request.body
+                has_body = False
+            if not has_body:
+                watcher.start()
+
+            # P3–P11: pre-processing
+            if sidecar is not None and sidecar.pre is not None:
+                termination = await sidecar.run_pre(call, backend)
+                if termination is not None:
+                    await responder.reply(self._termination_reply(termination, endpoint, sidecar.pre_error_set))
+                    record["verdict_pre"] = "terminate"
+                    return
+
+            # P12: message id last, then the backend request
+            backend.headers = [(k, v) for k, v in backend.headers if k != MESSAGE_ID]
+            backend.headers.append((MESSAGE_ID, call.message_id.encode()))
+            body: Any = backend.body
+            if body is None and has_body:
+                body_stream = stream_body(receive, limit, on_done=watcher.start)
+                body = body_stream
+            elif backend.body_replaced:
+                backend.headers = [(k, v) for k, v in backend.headers if k != b"content-length"]
+                backend.headers.append((b"content-length", str(len(backend.body or b"")).encode()))
+            upstream = await self._send_upstream(rt, epr, backend, body, body_stream, deadline, record)
+
+            # Q1–Q8: post-processing; no byte reaches the client before the verdict
+            response = BackendResponse(status=upstream.status, headers=strip_hop_by_hop(upstream.headers))
+            if sidecar is not None and sidecar.post is not None:
+                try:
+                    if sidecar.needs_response_body:
+                        async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
+                            response.body = await upstream.read()
+                    termination = await sidecar.run_post(call, backend, response)
+                except BaseException:
+                    upstream.close()
+                    raise
+                if termination is not None:
+                    upstream.close()
+                    await responder.reply(self._termination_reply(termination, endpoint, sidecar.post_error_set))
+                    record["verdict_post"] = "terminate"
+                    return
+                if response.body is not None:
+                    upstream.release() if sidecar.needs_response_body else upstream.close()
+            await self._respond(responder, response, upstream)
+        except GatewayError:
+            if responder.started:
+                raise
+            if body_stream is not None and body_stream.too_large:
+                err = BodyTooLarge()
+            record["error"] = err.error_name
+            use_set = sidecar.error_set_for(err) if sidecar is not None else False
+            await responder.reply(render_error(err, endpoint, use_error_set=use_set))
+        except ClientDisconnected:
+            record["disconnected"] = True
+            record["status"] = 499
+
+    async def _send_upstream(self, rt: Runtime, epr: EndpointRuntime, backend: BackendRequest, body: Any,
+                             body_stream: stream_body | None, deadline: float,
+                             record: dict[str, Any]) -> HttpResponse:
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
+                upstream = await rt.client.request(backend.method, backend.uri(), backend.headers, body)
+        except TimeoutError:
+            raise BackendFailure(ErrorCode.BACKEND_TIMEOUT) from None
+        except (ConnectError, ReadError) as exc:
+            if body_stream is not None and body_stream.too_large:
+                raise BodyTooLarge from None
+            if body_stream is not None and body_stream.disconnected:
+                raise ClientDisconnected from None
+            log_event(logging.WARNING, "backend_unavailable", message_id=record.get("message_id"), error=str(exc))
+            raise BackendFailure(ErrorCode.BACKEND_UNAVAILABLE) from None
+        elapsed = time.perf_counter() - t0
+        epr.metrics.upstream_duration.observe(elapsed)
+        record["upstream_ms"] = round(elapsed * 1000, 3)
+        return upstream
+
+    @staticmethod
+    def _termination_reply(termination: Any, endpoint: Any, use_error_set: bool) -> Reply:
+        from ..sidecar.apply import terminate_headers
+
+        if termination.body is None:
+            return render_termination_message(termination.code, termination.message, endpoint,
+                                              use_error_set=use_error_set, extra_headers=list(termination.headers))
+        return Reply(termination.code, terminate_headers(termination), termination.body)
+
+    @staticmethod
+    async def _respond(responder: _Responder, response: BackendResponse, upstream: HttpResponse) -> None:
+        send = responder.send
+        responder.started = True
+        responder.status = response.status
+        if response.body is not None:  # a processor replaced or buffered it
+            headers = [(k, v) for k, v in response.headers if k != b"content-length"]
+            headers.append((b"content-length", str(len(response.body)).encode()))
+            await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            await send({"type": "http.response.body", "body": response.body})
+            return
+        await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
+        try:
+            async for chunk in upstream.iter_chunks():
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        except ReadError:
+            upstream.close()
+            raise  # the response started: uvicorn aborts the connection (the client sees a truncated body)
+        await send({"type": "http.response.body", "body": b""})
+
+
+class _DisconnectWatcher:
+    """Once the request body has been read, waits on ``receive`` and cancels the call on ``http.disconnect``."""
+
+    __slots__ = ("_receive", "_record", "_task", "_waiter")
+
+    def __init__(self, receive: Receive, record: dict[str, Any]) -> None:
+        self._receive = receive
+        self._record = record
+        self._task = asyncio.current_task()
+        self._waiter: asyncio.Task[Message] | None = None
+
+    def start(self) -> None:
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self._receive())
+            self._waiter.add_done_callback(self._on_message)
+
+    def _on_message(self, fut: asyncio.Future[Message]) -> None:
+        if fut.cancelled() or fut.exception() is not None or self._task is None:
+            return
+        if fut.result().get("type") == "http.disconnect":
+            self._record["disconnected"] = True
+            self._task.cancel()
+
+    def stop(self) -> None:
+        self._task = None
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.cancel()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for k, v in headers:
+        if k == b"content-length":
+            try:
+                return int(v)
+            except ValueError:
+                return None
+    return None
+
+
+def _has_transfer_encoding(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(k == b"transfer-encoding" for k, _ in headers)

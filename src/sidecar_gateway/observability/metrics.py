@@ -1,0 +1,83 @@
+"""All metrics in one list (Envoy ``ALL_EXT_PROC_FILTER_STATS`` style), Prometheus text format.
+
+Gateway metrics (issue "gateway core") and the sidecar metrics of contract §9.6.  Children are bound once
+per endpoint (and per status code on first use) so the request path does a dict lookup and an ``inc``.
+With ``--workers`` > 1 the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers start and serves
+the aggregate through ``MultiProcessCollector``.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+__all__ = [
+    "REGISTRY",
+    "EndpointMetrics",
+    "render_metrics",
+    "sidecar_errors",
+    "sidecar_invocation_duration",
+    "sidecar_nonblocking_dropped",
+    "sidecar_nonblocking_queue_depth",
+    "sidecar_output_cache_lookups",
+    "sidecar_verdicts",
+]
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+_EP = ("service_id", "endpoint_id")
+_SC = ("service_id", "endpoint_id", "point")
+# Latency buckets: 1 ms … 10 s (the upstream call is usually a few ms on loopback; 10 s is past every sane
+# endpoint timeout).  The sidecar histogram uses the §9.6 range 0.005 … 10 s.
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+_SIDECAR_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+requests_total = Counter("gateway_requests_total", "Client calls answered, by endpoint and status",
+                         (*_EP, "status"), registry=REGISTRY)
+unmatched_total = Counter("gateway_unmatched_requests_total", "Client calls that matched no endpoint",
+                          ("status",), registry=REGISTRY)
+upstream_duration = Histogram("gateway_upstream_duration_seconds",
+                              "Backend call: request sent to response head received", _EP,
+                              buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+request_duration = Histogram("gateway_request_duration_seconds", "Whole client call inside the gateway", _EP,
+                             buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+sidecar_invocation_duration = Histogram("sidecar_invocation_duration_seconds", "Function invocation to outcome",
+                                        (*_SC, "stack"), buckets=_SIDECAR_BUCKETS, registry=REGISTRY)
+sidecar_verdicts = Counter("sidecar_verdicts_total", "One per processor per call where the processor applies",
+                           (*_SC, "verdict", "mode"), registry=REGISTRY)
+sidecar_errors = Counter("sidecar_errors_total", "Contract §6.1 errors raised by a processor",
+                         (*_SC, "error_name"), registry=REGISTRY)
+sidecar_output_cache_lookups = Counter("sidecar_output_cache_lookups_total", "Output cache lookups (§9.1)",
+                                       (*_SC, "result"), registry=REGISTRY)
+sidecar_nonblocking_dropped = Counter("sidecar_nonblocking_dropped_total", "Non-blocking invocations dropped",
+                                      _SC, registry=REGISTRY)
+sidecar_nonblocking_queue_depth = Gauge("sidecar_nonblocking_queue_depth", "Non-blocking queue length", ("point",),
+                                        registry=REGISTRY, multiprocess_mode="livesum")
+
+
+class EndpointMetrics:
+    """Children bound once per endpoint; status children bound on first use."""
+
+    __slots__ = ("_labels", "_status", "request_duration", "upstream_duration")
+
+    def __init__(self, service_id: str, endpoint_id: str) -> None:
+        self._labels = (service_id, endpoint_id)
+        self._status: dict[int, Counter] = {}
+        self.upstream_duration = upstream_duration.labels(service_id, endpoint_id)
+        self.request_duration = request_duration.labels(service_id, endpoint_id)
+
+    def count(self, status: int) -> None:
+        child = self._status.get(status)
+        if child is None:
+            child = self._status[status] = requests_total.labels(*self._labels, str(status))
+        child.inc()
+
+
+def render_metrics(multiprocess: bool = False) -> bytes:
+    """The exposition text: this process's registry, or the workers' aggregate in multiprocess mode."""
+    if multiprocess and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        MultiProcessCollector(registry)
+        return generate_latest(registry)
+    return generate_latest(REGISTRY)

@@ -1,0 +1,417 @@
+"""The decision procedure of one processor (contract §5.1 P3–P11, §5.2 Q1–Q8, §5.3, §5.4, §9).
+
+Rules of this file:
+
+* ``Processor.run`` is the only place that orders the steps; each step is a call into a sans-IO core
+  (``conditions``, ``input_builder``, ``output_interpreter``, ``apply``) or into the transport.
+* Failures are classified once, in ``_invoke``: a transport result or exception becomes a ``Verdict`` or a
+  ``FunctionFailure`` with the §5.3 name for this point.  ``failSafe`` is applied in exactly one place
+  (``_request_response``): a ``FunctionFailure`` becomes "continue unchanged" with verdict *error* (§5.4).
+  Client errors (conditions 400, payload 413, input 400/500) are never covered (§5.4).
+* Event, non-blocking and shadow modes never change the call (§5.1 P9, §9.4, §9.5).
+* Every processor outcome is counted once in ``sidecar_verdicts_total`` (§9.6).
+
+Theory of operation (pre; post is the same with Q-steps and the response as extra input)::
+
+    scope? ──no──► skipped
+      │yes
+    conditions (400) ─► [pre-flight] ─► payload limits (413 | filtering ► skipped)
+      ─► build input (400/500) ─► mode: shadow | non-blocking ─► queue, continue
+                                        event ─► invoke(Event) within deadline, continue
+                                        request-response ─► cache? ─► invoke ─► classify ─► verdict
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+from ..config.plan import Mode, ProcessorPlan, SidecarSettings
+from ..errors import ClientError, ErrorCode, FunctionFailure, GatewayError, InvocationError, Point
+from ..observability.logs import log_event
+from ..observability.metrics import (
+    sidecar_errors,
+    sidecar_invocation_duration,
+    sidecar_nonblocking_dropped,
+    sidecar_nonblocking_queue_depth,
+    sidecar_output_cache_lookups,
+    sidecar_verdicts,
+)
+from ..transports.base import InvocationType, ResultKind, Transport
+from .apply import apply_to_request, apply_to_response
+from .call import BackendRequest, BackendResponse, CallContext
+from .conditions import check_conditions, check_payload_limits, in_scope
+from .input_builder import build_input, build_preflight_input, cache_key
+from .output_interpreter import function_failure, interpret_output
+from .verdict import ALLOW, Modification, Verdict, VerdictKind
+
+__all__ = ["NonBlockingQueue", "OutputCache", "Phase", "Processor", "advance"]
+
+NONBLOCKING_WARN_INTERVAL_S = 10.0  # §9.4: a full-queue warning at most once per 10 s per endpoint
+
+
+class Phase(enum.Enum):
+    """Where a client call is (style rule 4).  One call moves strictly along ``TRANSITIONS``."""
+
+    PRE_CALL = "pre-call"  # authenticated; the pre-processor (if any) decides
+    PROXY = "proxy"  # the backend request is being sent / its head awaited
+    POST_CALL = "post-call"  # the backend answered; the post-processor (if any) decides
+    RESPOND = "respond"  # the client response is being sent
+    DONE = "done"
+
+
+TRANSITIONS: dict[Phase, frozenset[Phase]] = {
+    Phase.PRE_CALL: frozenset({Phase.PROXY, Phase.RESPOND}),  # terminate / error at pre → respond
+    Phase.PROXY: frozenset({Phase.POST_CALL, Phase.RESPOND}),  # backend failure → respond
+    Phase.POST_CALL: frozenset({Phase.RESPOND}),
+    Phase.RESPOND: frozenset({Phase.DONE}),
+    Phase.DONE: frozenset(),
+}
+
+
+def advance(current: Phase, to: Phase) -> Phase:
+    """Move to ``to`` or raise: an outcome arriving in the wrong phase is a bug, never applied."""
+    if to not in TRANSITIONS[current]:
+        from ..errors import InternalError
+
+        raise InternalError(f"phase {current.value} -> {to.value}")
+    return to
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Output cache (§9.1, in-process LRU part)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class OutputCache:
+    """In-process LRU of verdicts keyed by ``serviceId:endpointId:point:sha256``; expired entries never served."""
+
+    def __init__(self, max_entries: int, max_ttl_s: float) -> None:
+        self._entries: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
+        self._max = max_entries
+        self._max_ttl_s = max_ttl_s
+
+    def get(self, key: str, now: float) -> Verdict | None:
+        hit = self._entries.get(key)
+        if hit is None:
+            return None
+        expires, verdict = hit
+        if expires <= now:
+            del self._entries[key]
+            return None
+        self._entries.move_to_end(key)
+        return verdict
+
+    def put(self, key: str, verdict: Verdict, ttl_ms: int, now: float) -> None:
+        ttl_s = min(ttl_ms / 1000.0, self._max_ttl_s)
+        if ttl_s <= 0 or self._max <= 0:
+            return
+        self._entries[key] = (now + ttl_s, verdict)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Non-blocking queue (§9.4) — also carries shadow calls (§9.5)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Job:
+    processor: Processor
+    payload: bytes
+    message_id: str
+    shadow: bool
+
+
+class NonBlockingQueue:
+    def __init__(self, size: int, workers: int, drain_s: float) -> None:
+        self._queue: asyncio.Queue[_Job] = asyncio.Queue(maxsize=size)
+        self._workers_n = workers
+        self._drain_s = drain_s
+        self._workers: list[asyncio.Task[None]] = []
+        self._last_warning: dict[str, float] = {}
+
+    def start(self) -> None:
+        if not self._workers:
+            self._workers = [asyncio.get_running_loop().create_task(self._work()) for _ in range(self._workers_n)]
+
+    def put(self, job: _Job) -> None:
+        try:
+            self._queue.put_nowait(job)
+        except asyncio.QueueFull:
+            plan = job.processor.plan
+            sidecar_nonblocking_dropped.labels(plan.service_id, plan.endpoint_id, plan.point.value).inc()
+            now = time.monotonic()
+            label = f"{plan.service_id}/{plan.endpoint_id}"
+            if now - self._last_warning.get(label, -1e9) >= NONBLOCKING_WARN_INTERVAL_S:
+                self._last_warning[label] = now
+                log_event(logging.WARNING, "nonblocking_queue_full", service_id=plan.service_id,
+                          endpoint_id=plan.endpoint_id)
+            return
+        sidecar_nonblocking_queue_depth.labels(job.processor.plan.point.value).set(self._queue.qsize())
+
+    async def _work(self) -> None:
+        while True:
+            job = await self._queue.get()
+            try:
+                await job.processor.run_detached(job)
+            except Exception as exc:  # never affects any call (§9.4)
+                log_event(logging.WARNING, "nonblocking_failed", message_id=job.message_id, error=repr(exc))
+            finally:
+                self._queue.task_done()
+
+    async def aclose(self) -> None:
+        if not self._workers:
+            return
+        try:
+            async with asyncio.timeout(self._drain_s):
+                await self._queue.join()
+        except TimeoutError:
+            pass
+        while not self._queue.empty():
+            job = self._queue.get_nowait()
+            plan = job.processor.plan
+            sidecar_nonblocking_dropped.labels(plan.service_id, plan.endpoint_id, plan.point.value).inc()
+        for w in self._workers:
+            w.cancel()
+        self._workers = []
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The processor
+# ---------------------------------------------------------------------------------------------------------------
+
+
+class Processor:
+    """One configured processor with its transport and pre-bound metric children."""
+
+    def __init__(self, plan: ProcessorPlan, transport: Transport, *, cache: OutputCache,
+                 queue: NonBlockingQueue, settings: SidecarSettings, backend_authority: str,
+                 route_hosts: frozenset[str]) -> None:
+        self.plan = plan
+        self.transport = transport
+        self._cache = cache
+        self._queue = queue
+        self._settings = settings
+        self._authority = backend_authority
+        self._route_hosts = route_hosts
+        labels = (plan.service_id, plan.endpoint_id, plan.point.value)
+        self._labels = labels
+        mode = "shadow" if plan.shadow else "live"
+        self._verdict = {k: sidecar_verdicts.labels(*labels, k.value, mode) for k in VerdictKind}
+        self._verdict_error = sidecar_verdicts.labels(*labels, "error", mode)
+        self._verdict_skipped = sidecar_verdicts.labels(*labels, "skipped", mode)
+        self._duration = sidecar_invocation_duration.labels(*labels, plan.stack.value)
+        self._pf_labels = (plan.service_id, plan.endpoint_id, Point.PREFLIGHT.value)
+        self._pf_duration = sidecar_invocation_duration.labels(*self._pf_labels, plan.stack.value)
+        self._use_cache = plan.output_cache and plan.mode is Mode.REQUEST_RESPONSE and not plan.shadow
+        self._cache_prefix = f"{plan.service_id}:{plan.endpoint_id}:{plan.point.value}:"
+
+    # -- public -------------------------------------------------------------------------------------------------
+
+    async def run(self, call: CallContext, backend: BackendRequest,
+                  response: BackendResponse | None) -> Verdict | None:
+        """Run P4–P11 (pre) or Q2–Q8 (post).  Returns a terminate verdict to answer with, or None to continue
+        (modifications already applied).  Raises ``GatewayError`` for client-visible failures."""
+        plan = self.plan
+        try:
+            if plan.scope and not in_scope(plan, call):
+                self._verdict_skipped.inc()
+                return None
+            check_conditions(plan, call)
+            if plan.preflight:
+                terminate = await self._preflight(call, backend)
+                if terminate is not None:
+                    return terminate
+            if not check_payload_limits(plan, call, response):
+                self._verdict_skipped.inc()
+                return None
+            try:
+                payload = build_input(plan, call, routing=backend if plan.expand_routing else None,
+                                      response=response)
+            except ClientError:
+                raise
+            except Exception:
+                raise ClientError(ErrorCode.INPUT_POST if plan.point is Point.POST else ErrorCode.INPUT_PRE) from None
+            if plan.shadow or plan.mode is Mode.NON_BLOCKING:
+                self._queue.put(_Job(self, payload, call.message_id, plan.shadow))
+                return None
+            if plan.mode is Mode.EVENT:
+                await self._event(payload, call.message_id)
+                return None
+            verdict = await self._request_response(payload, call.message_id, plan.point, self._duration)
+        except GatewayError as err:
+            if err.point is None:
+                err.point = plan.point
+            self._count_error(err)
+            self._verdict_error.inc()
+            raise
+        return self._apply(verdict, backend, response)
+
+    async def run_detached(self, job: _Job) -> None:
+        """A queued non-blocking (Event) or shadow (RequestResponse, never applied) invocation (§9.4, §9.5)."""
+        plan = self.plan
+        if not job.shadow:
+            try:
+                await self._invoke(job.payload, InvocationType.EVENT, job.message_id, plan.point, self._duration)
+                self._verdict[VerdictKind.ALLOW].inc()
+            except GatewayError as err:
+                self._verdict_error.inc()
+                self._count_error(err)
+                log_event(logging.WARNING, "sidecar_failed", message_id=job.message_id, service_id=plan.service_id,
+                          endpoint_id=plan.endpoint_id, point=plan.point.value, error=err.error_name,
+                          detail=err.error_message, mode="non-blocking")
+            return
+        try:
+            verdict = await self._invoke(job.payload, InvocationType.REQUEST_RESPONSE, job.message_id, plan.point,
+                                         self._duration)
+        except GatewayError as err:
+            self._verdict_error.inc()
+            self._count_error(err)
+            log_event(logging.INFO, "shadow_verdict", message_id=job.message_id, service_id=plan.service_id,
+                      endpoint_id=plan.endpoint_id, point=plan.point.value, verdict="error", error=err.error_name)
+            return
+        self._verdict[verdict.kind].inc()
+        log_event(logging.INFO, "shadow_verdict", message_id=job.message_id, service_id=plan.service_id,
+                  endpoint_id=plan.endpoint_id, point=plan.point.value, **_describe(verdict))
+
+    # -- steps --------------------------------------------------------------------------------------------------
+
+    async def _event(self, payload: bytes, message_id: str) -> None:
+        """P9 event: wait for acceptance at most ``timeout``; whatever happens, continue (never blocks)."""
+        plan = self.plan
+        try:
+            await self._invoke(payload, InvocationType.EVENT, message_id, plan.point, self._duration)
+            self._verdict[VerdictKind.ALLOW].inc()
+        except GatewayError as err:
+            self._verdict_error.inc()
+            self._count_error(err)
+            log_event(logging.WARNING, "sidecar_failed", message_id=message_id, service_id=plan.service_id,
+                      endpoint_id=plan.endpoint_id, point=plan.point.value, error=err.error_name,
+                      detail=err.error_message, mode="event")
+
+    async def _request_response(self, payload: bytes, message_id: str, point: Point, duration: Any,
+                                *, preflight_ttl_s: int | None = None) -> Verdict:
+        """P10/Q7: cache lookup, invoke, classify; failSafe turns a failure into ALLOW (verdict *error*)."""
+        plan = self.plan
+        use_cache = self._use_cache or preflight_ttl_s is not None
+        key = ""
+        if use_cache:
+            key = self._cache_prefix + point.value + ":" + cache_key(payload)
+            hit = self._cache.get(key, time.monotonic())
+            labels = self._pf_labels if point is Point.PREFLIGHT else self._labels
+            sidecar_output_cache_lookups.labels(*labels, "hit" if hit is not None else "miss").inc()
+            if hit is not None:
+                return hit
+        try:
+            verdict = await self._invoke(payload, InvocationType.REQUEST_RESPONSE, message_id, point, duration)
+        except FunctionFailure as err:
+            if not plan.fail_safe:
+                raise
+            self._count_error(err)
+            log_event(logging.WARNING, "sidecar_failed_failsafe", message_id=message_id, service_id=plan.service_id,
+                      endpoint_id=plan.endpoint_id, point=point.value, error=err.error_name, detail=err.error_message)
+            (self._verdict_error if point is not Point.PREFLIGHT else _nop).inc()
+            return _FAILSAFE
+        if use_cache:
+            ttl_ms = verdict.cache_ttl_ms
+            if ttl_ms is None and preflight_ttl_s:
+                ttl_ms = preflight_ttl_s * 1000
+            if ttl_ms:
+                self._cache.put(key, verdict, ttl_ms, time.monotonic())
+        return verdict
+
+    async def _invoke(self, payload: bytes, invocation_type: InvocationType, message_id: str, point: Point,
+                      duration: Any) -> Verdict:
+        """One invocation within the processor's deadline, classified per §5.3.  No retries."""
+        plan = self.plan
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + plan.deadline_s
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(deadline):
+                result = await self.transport.invoke(payload, invocation_type=invocation_type,
+                                                     message_id=message_id, deadline=deadline)
+        except TimeoutError:
+            raise FunctionFailure(ErrorCode.FUNCTION_TIMEOUT, point=point) from None
+        except InvocationError as exc:
+            raise exc.for_point(point) from None
+        finally:
+            duration.observe(time.perf_counter() - started)
+        if result.kind is ResultKind.ACCEPTED or invocation_type is InvocationType.EVENT:
+            if result.kind is ResultKind.FUNCTION_ERROR and invocation_type is not InvocationType.EVENT:
+                raise function_failure(result.body, result.function_error, point)
+            return ALLOW
+        if result.kind is ResultKind.FUNCTION_ERROR:
+            raise function_failure(result.body, result.function_error, point)
+        return interpret_output(result.body, point, backend_authority=self._authority,
+                                route_hosts=self._route_hosts, now=time.time())
+
+    async def _preflight(self, call: CallContext, backend: BackendRequest) -> Verdict | None:
+        """§9.3: per-package-key call; terminate ends the call; modify applies headers only."""
+        payload = build_preflight_input(self.plan, call)
+        verdict = await self._request_response(payload, call.message_id, Point.PREFLIGHT, self._pf_duration,
+                                               preflight_ttl_s=self.plan.preflight_ttl_s)
+        if verdict.kind is VerdictKind.TERMINATE:
+            return verdict
+        if verdict.kind is VerdictKind.MODIFY and verdict.modification is not None:
+            mod = verdict.modification
+            apply_to_request(Modification(drop_headers=mod.drop_headers, add_headers=mod.add_headers), backend)
+        return None
+
+    def _apply(self, verdict: Verdict, backend: BackendRequest, response: BackendResponse | None) -> Verdict | None:
+        """P11/Q8 (§4.4)."""
+        if verdict is _FAILSAFE:
+            return None
+        self._verdict[verdict.kind].inc()
+        if verdict.kind is VerdictKind.TERMINATE:
+            return verdict
+        if verdict.kind is VerdictKind.MODIFY and verdict.modification is not None:
+            if response is None:
+                apply_to_request(verdict.modification, backend)
+            else:
+                apply_to_response(verdict.modification, response)
+        return None
+
+    def _count_error(self, err: GatewayError) -> None:
+        labels = self._pf_labels if err.point is Point.PREFLIGHT else self._labels
+        sidecar_errors.labels(*labels, err.error_name).inc()
+
+    async def aclose(self) -> None:
+        await self.transport.aclose()
+
+
+class _Nop:
+    def inc(self) -> None:
+        pass
+
+
+_nop = _Nop()
+_FAILSAFE = Verdict(VerdictKind.ALLOW)  # identity marks "failure covered by failSafe" (already counted)
+
+
+def _describe(verdict: Verdict) -> dict[str, Any]:
+    """§9.5: the would-be verdict of a shadow call, without secrets (header names only, body sizes)."""
+    out: dict[str, Any] = {"verdict": verdict.kind.value}
+    if verdict.termination is not None:
+        out["terminate_code"] = verdict.termination.code
+    mod = verdict.modification
+    if mod is not None:
+        out["add_headers"] = sorted(k.decode("latin-1") for k, _ in mod.add_headers)
+        out["drop_headers"] = sorted(k.decode("latin-1") for k in mod.drop_headers)
+        out["body_replaced"] = mod.body is not None
+        if mod.body is not None:
+            out["body_bytes"] = len(mod.body)
+        if mod.complete_with_code is not None:
+            out["complete_with_code"] = mod.complete_with_code
+    return out
