@@ -252,11 +252,10 @@ class GatewayApp:
                 if response.body is not None:
                     upstream.release() if sidecar.needs_response_body else upstream.close()
             await self._respond(responder, response, upstream)
-        except GatewayError:
+        except GatewayError as exc:
             if responder.started:
                 raise
-            if body_stream is not None and body_stream.too_large:
-                err = BodyTooLarge()
+            err: GatewayError = BodyTooLarge() if body_stream is not None and body_stream.too_large else exc
             record["error"] = err.error_name
             use_set = sidecar.error_set_for(err) if sidecar is not None else False
             await responder.reply(render_error(err, endpoint, use_error_set=use_set))

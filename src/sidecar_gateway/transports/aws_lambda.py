@@ -1,0 +1,126 @@
+"""The ``aws-lambda`` transport: one Lambda ``Invoke`` per call, signed by our SigV4 signer (contract §7).
+
+Rules of this file:
+
+* The request is the one botocore's ``lambda.invoke`` sends (§7.1): ``POST
+  /2015-03-31/functions/{FunctionName}/invocations`` with ``FunctionName`` percent-encoded as botocore's
+  REST serializer does (everything but ``A-Za-z0-9-._~``), ``X-Amz-Invocation-Type``, the body as-is; plus
+  ``Content-Type: application/json`` which §7.1 demands (botocore sends none).  Signed with SigV4, service
+  ``lambda``, region ``conn.region``: the signing region never changes with an endpoint override (§7.5).
+* Everything derivable is computed once at construction: endpoint (``AWS_ENDPOINT_URL_LAMBDA``, else
+  ``AWS_ENDPOINT_URL``, else the regional endpoint), the invoke URL, the encoded header pairs.
+* The answer is mapped by one table-like function (``classify``, §7.2 / §5.3).  Transport failures of the pool
+  become ``CONNECTION_FAILURE``.  No retries (§5.3); the caller's ``asyncio.timeout`` is the deadline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+from ..config.plan import AwsLambdaConnection
+from ..errors import ErrorCode, InvocationError
+from .aws_credentials import AwsCredentialProvider
+from .base import InvocationType, InvokeResult, ResultKind
+from .pool import ConnectError, HttpClient, ReadError
+from .sigv4 import sign
+
+__all__ = ["AwsLambdaTransport", "classify", "invoke_url", "lambda_endpoint"]
+
+logger = logging.getLogger(__name__)
+
+SERVICE = "lambda"  # SigV4 service name and endpoint prefix
+INVOKE_API_VERSION = "2015-03-31"  # the Lambda API version in the Invoke path
+# botocore ``percent_encode`` for a non-greedy URI label: only RFC 3986 unreserved characters stay as they are,
+# so ':' and '/' of an ARN are encoded (``arn%3Aaws%3Alambda…``).
+_LABEL_SAFE = "-._~"
+_FUNCTION_ERROR = b"x-amz-function-error"
+_CONTENT_TYPE = ("Content-Type", "application/json")
+_INVOCATION_TYPE = "X-Amz-Invocation-Type"
+
+
+def lambda_endpoint(region: str, environ: Mapping[str, str] = os.environ) -> str:
+    """§7.5: ``AWS_ENDPOINT_URL_LAMBDA``, else ``AWS_ENDPOINT_URL``, else the regional endpoint."""
+    for variable in ("AWS_ENDPOINT_URL_LAMBDA", "AWS_ENDPOINT_URL"):
+        value = environ.get(variable, "").strip()
+        if value:
+            return value.rstrip("/")
+    suffix = "amazonaws.com.cn" if region.startswith("cn-") else "amazonaws.com"
+    return f"https://{SERVICE}.{region}.{suffix}"
+
+
+def invoke_url(endpoint: str, function_name: str) -> str:
+    """The Invoke URL exactly as botocore builds it (§7.1): ``FunctionName`` percent-encoded once."""
+    return f"{endpoint}/{INVOKE_API_VERSION}/functions/{quote(function_name, safe=_LABEL_SAFE)}/invocations"
+
+
+def _aws_error_message(body: bytes) -> str:
+    """The ``message`` / ``Message`` of a Lambda error document, or "" when there is none (§7.2)."""
+    try:
+        document = json.loads(body)
+    except ValueError:
+        return ""
+    if not isinstance(document, dict):
+        return ""
+    for member in ("message", "Message"):
+        value = document.get(member)
+        if isinstance(value, str) and value:
+            return value
+    return ""
+
+
+def classify(status: int, headers: list[tuple[bytes, bytes]], body: bytes,
+             invocation_type: InvocationType) -> InvokeResult:
+    """Map an Invoke answer to an outcome (§7.2, §5.3, Q15), or raise the failure."""
+    if invocation_type is InvocationType.EVENT:
+        if status in (200, 202):
+            return InvokeResult.accepted()
+    elif status == 200:
+        for name, value in headers:
+            if name == _FUNCTION_ERROR:
+                return InvokeResult(ResultKind.FUNCTION_ERROR, body, value.decode("latin-1"))
+        return InvokeResult(ResultKind.OUTPUT, body)
+    elif status == 202:
+        return InvokeResult.accepted()
+    message = _aws_error_message(body)
+    if message:
+        raise InvocationError(ErrorCode.AWS_ERROR, detail=message)
+    raise InvocationError(ErrorCode.UNEXPECTED_STATUS, detail=f"status {status}")
+
+
+class AwsLambdaTransport:
+    """One Lambda function (a processor's ``aws-lambda`` connection)."""
+
+    def __init__(self, conn: AwsLambdaConnection, client: HttpClient, credentials: AwsCredentialProvider) -> None:
+        self._conn = conn
+        self._client = client
+        self._credentials = credentials
+        self.endpoint = lambda_endpoint(conn.region)
+        self.url = invoke_url(self.endpoint, conn.function_arn)
+        self._headers = {t: [(_INVOCATION_TYPE, t.value), _CONTENT_TYPE] for t in InvocationType}
+
+    def __repr__(self) -> str:
+        return f"<AwsLambdaTransport {self._conn.function_arn} via {self.endpoint}>"
+
+    async def invoke(self, payload: bytes, *, invocation_type: InvocationType, message_id: str,
+                     deadline: float) -> InvokeResult:
+        credentials = await self._credentials.for_connection(self._conn)
+        headers = self._headers[invocation_type]
+        added = sign("POST", self.url, headers, payload, access_key=credentials.access_key,
+                     secret_key=credentials.secret_key, session_token=credentials.token,
+                     region=self._conn.region, service=SERVICE, timestamp=datetime.now(UTC))
+        wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (*headers, *added)]
+        try:
+            response = await self._client.request("POST", self.url, wire, payload)
+            body = await response.read()
+        except (ConnectError, ReadError) as exc:
+            logger.info("Lambda invoke %s for %s failed: %s", self._conn.function_arn, message_id, exc)
+            raise InvocationError(ErrorCode.CONNECTION_FAILURE) from exc
+        return classify(response.status, response.headers, body, invocation_type)
+
+    async def aclose(self) -> None:
+        """Nothing to close: the pool and the credential provider are shared and closed by their owner."""

@@ -1,0 +1,232 @@
+"""AWS Signature Version 4, one pure function per step of the AWS page (style rule 8, botocore ``auth.py``).
+
+Rules of this file:
+
+* Every step of the "Create a signed AWS API request" page is one function named with the page's own term:
+  ``canonical_uri``, ``canonical_query_string``, ``canonical_headers``, ``signed_headers``, ``hashed_payload``,
+  ``canonical_request``, ``credential_scope``, ``string_to_sign``, ``signing_key``, ``signature``,
+  ``authorization``.  ``sign`` composes them and returns the headers to add; it mutates nothing.
+* No clock is read here: the caller passes the ``timestamp`` once and it is used for ``X-Amz-Date`` and the
+  scope alike (one clock read per signing, as botocore).
+* The output is byte-identical to ``botocore.auth.SigV4Auth`` for the same request and instant (contract §7.1
+  allows our own signer only on that condition); ``tests/unit/test_sigv4.py`` proves it against botocore and
+  against vectors of the official AWS test suite.  Where botocore differs from the AWS page we follow botocore
+  (e.g. the query string taken from a URL is sorted but not re-encoded).
+* The derived signing key changes once a day per (region, service, secret); it is cached (``SIGNING_KEY_CACHE``).
+* Secret keys, security tokens and the ``Authorization`` value never reach a log line.  The canonical request
+  and the string to sign are debug-logged (what you need when AWS answers ``SignatureDoesNotMatch``), with the
+  security token replaced by ``<redacted>``.
+
+Theory of operation for a Lambda Invoke (§7.1): botocore puts ``FunctionName`` into the path percent-encoded
+once (``my-func:prod`` → ``my-func%3Aprod``); the canonical URI encodes the path once more
+(``my-func%253Aprod``): the "double encoding" AWS expects of every service except S3.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import hmac
+import logging
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from urllib.parse import quote, urlsplit
+
+__all__ = [
+    "ALGORITHM",
+    "EMPTY_SHA256_HASH",
+    "amz_date",
+    "authorization",
+    "canonical_headers",
+    "canonical_query_string",
+    "canonical_request",
+    "canonical_uri",
+    "credential_scope",
+    "hashed_payload",
+    "headers_to_sign",
+    "host_from_url",
+    "sign",
+    "signature",
+    "signed_headers",
+    "signing_key",
+    "string_to_sign",
+]
+
+logger = logging.getLogger(__name__)
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+TERMINATOR = "aws4_request"  # last element of the credential scope and of the key derivation
+SIGV4_TIMESTAMP = "%Y%m%dT%H%M%SZ"  # ISO 8601 basic format, UTC (the ``X-Amz-Date`` value)
+EMPTY_SHA256_HASH = hashlib.sha256(b"").hexdigest()  # precomputed: most signed GETs and empty Invokes
+# Headers never signed: hop-by-hop and proxy headers a proxy may rewrite, plus ``user-agent`` and the X-Ray
+# trace id, which SDK layers add after signing.  Verbatim botocore ``SIGNED_HEADERS_BLACKLIST``.
+UNSIGNED_HEADERS = frozenset({
+    "connection", "expect", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+    "transfer-encoding", "upgrade", "user-agent", "x-amzn-trace-id",
+})
+# Headers ``sign`` produces itself; a caller passing one is a bug (botocore silently drops and re-adds them,
+# ``Date`` even switches botocore to a different date header, which we do not support).
+RESERVED_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-token", "date"})
+# One derived key per (secret, day, region, service).  A gateway signs for a handful of regions and the
+# assumed-role secrets rotate about hourly; 64 keys cover that with room and cost ~10 kB.
+SIGNING_KEY_CACHE = 64
+_PATH_SAFE = "/~"  # botocore ``_normalize_url_path``: RFC 3986 unreserved chars besides alnum and '-._' are safe
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def amz_date(timestamp: datetime) -> str:
+    """``X-Amz-Date``: the instant in UTC, basic ISO 8601.  A naive ``timestamp`` is taken as UTC."""
+    if timestamp.tzinfo is not None:
+        timestamp = timestamp.astimezone(UTC)
+    return timestamp.strftime(SIGV4_TIMESTAMP)
+
+
+def host_from_url(url: str) -> str:
+    """The ``host`` value signed when the caller gives none: lower-case host, port only when not the
+    scheme's default, IPv6 literals bracketed (botocore ``_host_from_url``; it is what HTTP clients send)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    if parts.port is not None and parts.port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{parts.port}"
+    return host
+
+
+def _remove_dot_segments(path: str) -> str:
+    """RFC 3986 §5.2.4, and consecutive slashes collapsed as AWS services require (botocore)."""
+    if not path:
+        return "/"
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+        else:
+            segments.append(segment)
+    first = "/" if path[0] == "/" else ""
+    last = "/" if path[-1] == "/" and segments else ""
+    return first + "/".join(segments) + last
+
+
+def canonical_uri(path: str) -> str:
+    """CanonicalURI: the normalised, already percent-encoded path, URI-encoded once more."""
+    return quote(_remove_dot_segments(path), safe=_PATH_SAFE)
+
+
+def canonical_query_string(query: str) -> str:
+    """CanonicalQueryString from the (already encoded) query of the URL: pairs sorted by name, then value.
+    Like botocore for URL queries, names and values are not re-encoded."""
+    if not query:
+        return ""
+    pairs = []
+    for pair in query.split("&"):
+        name, _, value = pair.partition("=")
+        pairs.append((name, value))
+    return "&".join(f"{name}={value}" for name, value in sorted(pairs))
+
+
+def headers_to_sign(headers: Iterable[tuple[str, str]], url: str) -> dict[str, list[str]]:
+    """Lower-cased name → values in order, without ``UNSIGNED_HEADERS``; ``host`` added from the URL when
+    the caller did not give one."""
+    selected: dict[str, list[str]] = {}
+    for name, value in headers:
+        lname = name.lower()
+        if lname not in UNSIGNED_HEADERS:
+            selected.setdefault(lname, []).append(value)
+    if "host" not in selected:
+        selected["host"] = [host_from_url(url)]
+    return selected
+
+
+def canonical_headers(headers: dict[str, list[str]]) -> str:
+    """CanonicalHeaders: ``name:value`` lines sorted by name; each value trimmed with runs of white space
+    collapsed to one space; repeated headers joined with ``,``.  No trailing newline (added by the caller)."""
+    return "\n".join(f"{name}:{','.join(' '.join(v.split()) for v in headers[name])}" for name in sorted(headers))
+
+
+def signed_headers(headers: dict[str, list[str]]) -> str:
+    """SignedHeaders: the sorted, lower-case header names joined with ``;``."""
+    return ";".join(sorted(headers))
+
+
+def hashed_payload(body: bytes) -> str:
+    """HashedPayload: hex SHA-256 of the body (always signed; Lambda does not use ``UNSIGNED-PAYLOAD``)."""
+    return hashlib.sha256(body).hexdigest() if body else EMPTY_SHA256_HASH
+
+
+def canonical_request(method: str, uri: str, query: str, canonical_headers_: str, signed_headers_: str,
+                      payload_hash: str) -> str:
+    """CanonicalRequest: the six parts joined with newlines (the headers block ends with its own newline)."""
+    return "\n".join((method.upper(), uri, query, canonical_headers_ + "\n", signed_headers_, payload_hash))
+
+
+def credential_scope(date: str, region: str, service: str) -> str:
+    """CredentialScope: ``YYYYMMDD/region/service/aws4_request``."""
+    return f"{date}/{region}/{service}/{TERMINATOR}"
+
+
+def string_to_sign(request_date_time: str, scope: str, canonical_request_: str) -> str:
+    """StringToSign: algorithm, request date-time, credential scope, hex SHA-256 of the canonical request."""
+    digest = hashlib.sha256(canonical_request_.encode("utf-8")).hexdigest()
+    return f"{ALGORITHM}\n{request_date_time}\n{scope}\n{digest}"
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+
+
+@functools.lru_cache(maxsize=SIGNING_KEY_CACHE)
+def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
+    """The derived signing key: HMAC chain over date, region, service and ``aws4_request`` (cached)."""
+    k_date = _hmac(f"AWS4{secret_key}".encode(), date)
+    k_region = _hmac(k_date, region)
+    k_service = _hmac(k_region, service)
+    return _hmac(k_service, TERMINATOR)
+
+
+def signature(key: bytes, string_to_sign_: str) -> str:
+    """Signature: hex HMAC-SHA256 of the string to sign with the derived signing key."""
+    return hmac.new(key, string_to_sign_.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def authorization(access_key: str, scope: str, signed_headers_: str, signature_: str) -> str:
+    """The ``Authorization`` header value, formatted exactly as botocore does."""
+    return f"{ALGORITHM} Credential={access_key}/{scope}, SignedHeaders={signed_headers_}, Signature={signature_}"
+
+
+def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes, *, access_key: str,
+         secret_key: str, session_token: str | None, region: str, service: str,
+         timestamp: datetime) -> list[tuple[str, str]]:
+    """Sign a request; return the headers to add, in botocore's order: ``X-Amz-Date``,
+    ``X-Amz-Security-Token`` (only with a session token), ``Authorization``.
+
+    ``url`` is absolute and already percent-encoded, exactly as it will be sent; ``headers`` are the headers
+    that will be sent besides ``Host`` and the framing headers (``Content-Length`` is not signed, as in
+    botocore).  An ``X-Amz-Content-SHA256`` header given by the caller is used as the payload hash.
+    """
+    given = list(headers)
+    for name, _ in given:
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"sign() adds {name!r} itself; do not pass it")
+    request_date_time = amz_date(timestamp)
+    added = [("X-Amz-Date", request_date_time)]
+    if session_token:
+        added.append(("X-Amz-Security-Token", session_token))
+    to_sign = headers_to_sign([*given, *added], url)
+    payload_hash = to_sign["x-amz-content-sha256"][0] if "x-amz-content-sha256" in to_sign else hashed_payload(body)
+    parts = urlsplit(url)
+    signed = signed_headers(to_sign)
+    creq = canonical_request(method, canonical_uri(parts.path), canonical_query_string(parts.query),
+                             canonical_headers(to_sign), signed, payload_hash)
+    scope = credential_scope(request_date_time[:8], region, service)
+    sts = string_to_sign(request_date_time, scope, creq)
+    if logger.isEnabledFor(logging.DEBUG):
+        shown = creq.replace(session_token, "<redacted>") if session_token else creq
+        logger.debug("SigV4 CanonicalRequest:\n%s", shown)
+        logger.debug("SigV4 StringToSign:\n%s", sts)
+    sig = signature(signing_key(secret_key, request_date_time[:8], region, service), sts)
+    added.append(("Authorization", authorization(access_key, scope, signed, sig)))
+    return added
