@@ -18,8 +18,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from support.backend import BackendServer, bound_dead_port  # noqa: E402
-from support.gateway_proc import GatewayProcess, session  # noqa: E402
+from support.backend import BackendServer, bound_dead_port
+from support.gateway_proc import GatewayProcess, session
 
 
 class GatewayFactory:
@@ -27,8 +27,15 @@ class GatewayFactory:
         self.workdir = workdir
         self.started: list[GatewayProcess] = []
 
-    def start(self, cfg: dict[str, Any], *, args: tuple[str, ...] = (), listen: str | None = None,
-              default_admin: bool = False, wait: bool = True) -> GatewayProcess:
+    def start(
+        self,
+        cfg: dict[str, Any],
+        *,
+        args: tuple[str, ...] = (),
+        listen: str | None = None,
+        default_admin: bool = False,
+        wait: bool = True,
+    ) -> GatewayProcess:
         gw = GatewayProcess(self.workdir, cfg, args=args, listen=listen, default_admin=default_admin)
         self.started.append(gw)
         if wait:

@@ -46,6 +46,7 @@ def _parser() -> argparse.ArgumentParser:
     fserve.add_argument("--concurrency", type=int, default=None)
     demo = sub.add_parser("demo", help="run the demo: gateway + example backend + example functions")
     demo.add_argument("--port", type=int, default=8080)
+    demo.add_argument("--smoke", action="store_true", help="run the demo calls, check the answers, and exit")
     return parser
 
 
@@ -96,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "demo":
         from .demo import main as demo_main
 
-        return demo_main(port=args.port)
+        return demo_main(port=args.port, smoke=args.smoke)
     return EXIT_ERRORS
 
 

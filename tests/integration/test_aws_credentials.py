@@ -511,3 +511,20 @@ async def test_refreshable_gateway_credentials_refresh_in_background_then_block_
     await _settle(provider)
     assert (await provider.gateway_credentials()).access_key == "ASIAGATEWAY000000002"
     assert source.refreshes == 2
+
+
+@pytest.mark.asyncio
+async def test_aclose_cancels_lookups_in_flight(aws_env: str) -> None:
+    """Closing the provider cancels a pending refresh; its waiters see the cancellation."""
+    _put_parameter(aws_env, "/acme/prod/trustKey", "ext-x")
+    recorder = Recorder()
+    provider = AwsCredentialProvider(600, session=recorder.session)
+    recorder.gate.clear()
+    waiter = asyncio.create_task(provider.for_connection(_conn()))
+    await asyncio.sleep(0.3)  # SSM answered, AssumeRole held at the gate
+    assert "in_flight=1" in repr(provider)
+    await provider.aclose()
+    recorder.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert "in_flight=0" in repr(provider)

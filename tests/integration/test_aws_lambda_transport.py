@@ -21,7 +21,7 @@ from moto.sts.models import sts_backends
 
 from sidecar_gateway.config.plan import AwsLambdaConnection
 from sidecar_gateway.errors import ErrorCode, InvocationError
-from sidecar_gateway.transports.aws_credentials import AwsCredentialProvider
+from sidecar_gateway.transports.aws_credentials import AwsCredentialProvider, Credentials
 from sidecar_gateway.transports.aws_lambda import AwsLambdaTransport, classify, lambda_endpoint
 from sidecar_gateway.transports.base import InvocationType, InvokeResult, ResultKind
 from sidecar_gateway.transports.pool import HttpClient
@@ -189,12 +189,13 @@ def _conn(name: str, *, use_assume_role: bool = False) -> AwsLambdaConnection:
 
 async def _invoke(client: HttpClient, name: str, invocation_type: InvocationType = InvocationType.REQUEST_RESPONSE,
                   *, use_assume_role: bool = False, payload: bytes = b'{"point":"PreProcessor"}') -> InvokeResult:
-    transport = AwsLambdaTransport(_conn(name, use_assume_role=use_assume_role), client,
-                                   AwsCredentialProvider(600))
+    provider = AwsCredentialProvider(600)
+    transport = AwsLambdaTransport(_conn(name, use_assume_role=use_assume_role), client, provider)
     try:
         return await transport.invoke(payload, invocation_type=invocation_type, message_id="m-1", deadline=0.0)
     finally:
         await transport.aclose()
+        await provider.aclose()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,3 +346,21 @@ def test_error_document_parsing_ignores_non_objects() -> None:
         with pytest.raises(InvocationError) as failed:
             classify(400, [], body, InvocationType.REQUEST_RESPONSE)
         assert failed.value.code is ErrorCode.UNEXPECTED_STATUS
+
+
+class _WrongSecret(AwsCredentialProvider):
+    async def for_connection(self, conn: AwsLambdaConnection) -> Credentials:
+        return Credentials(GATEWAY_KEY, "not-the-secret", None)
+
+
+@pytest.mark.asyncio
+async def test_fake_lambda_rejects_a_wrong_signature(aws_env: str, fake_lambda: FakeLambda,
+                                                     client: HttpClient) -> None:
+    """The verifier is not a rubber stamp: a request signed with the wrong secret is refused (and surfaces
+    as AWS_ERROR with Lambda's message)."""
+    transport = AwsLambdaTransport(_conn("output"), client, _WrongSecret(600))
+    with pytest.raises(InvocationError) as failed:
+        await transport.invoke(b"{}", invocation_type=InvocationType.REQUEST_RESPONSE, message_id="m", deadline=0.0)
+    assert failed.value.code is ErrorCode.AWS_ERROR
+    assert "signature" in failed.value.detail
+    assert fake_lambda.seen[0].signature_valid is False

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from support.gateway_proc import ACTIVE_KEY, config, endpoint, free_port, listening_addresses, service
+from support.gateway_proc import ACTIVE_KEY, config, endpoint, free_port, listening_addresses, service, session
 
 
 @pytest.fixture(scope="module")
@@ -18,7 +18,6 @@ def gw(module_gateway_factory, backend):
 @pytest.fixture(scope="module")
 def metrics(gw):
     """Three 200 and two 403 calls on ep-adm, then the parsed /metrics families."""
-    from support.gateway_proc import session
     s = session()
     for _ in range(3):
         assert s.get(gw.base_url + "/adm/x", params={"api_key": ACTIVE_KEY}, timeout=10).status_code == 200
@@ -87,8 +86,9 @@ def test_admin_listens_on_loopback_by_default(gateway_factory, backend):
     """Without admin.listen the admin listener is on 127.0.0.1:9901 (loopback only)."""
     if listening_addresses(9901):
         pytest.skip("port 9901 is already in use on this machine")
-    cfg = config(service("svc-adm2", endpoint("ep-adm2", "/adm", backend.url("/be/adm"))),
-                 listen=f"127.0.0.1:{free_port()}")
+    cfg = config(
+        service("svc-adm2", endpoint("ep-adm2", "/adm", backend.url("/be/adm"))), listen=f"127.0.0.1:{free_port()}"
+    )
     gateway_factory.start(cfg, default_admin=True)
     addresses = listening_addresses(9901)
     assert addresses and all(a in ("127.0.0.1", "::1") for a in addresses), addresses

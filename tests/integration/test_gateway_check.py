@@ -14,9 +14,13 @@ from support.gateway_proc import config, endpoint, free_port, run_cli, service, 
 
 def _valid():
     return config(
-        service("svc-c", endpoint("ep-c1", "/c1", "http://127.0.0.1:9/x"),
-                endpoint("ep-c2", "/c2", "http://127.0.0.1:9/y", methods=["GET"], timeout=5)),
-        listen=f"127.0.0.1:{free_port()}", admin={"listen": f"127.0.0.1:{free_port()}"},
+        service(
+            "svc-c",
+            endpoint("ep-c1", "/c1", "http://127.0.0.1:9/x"),
+            endpoint("ep-c2", "/c2", "http://127.0.0.1:9/y", methods=["GET"], timeout=5),
+        ),
+        listen=f"127.0.0.1:{free_port()}",
+        admin={"listen": f"127.0.0.1:{free_port()}"},
     )
 
 

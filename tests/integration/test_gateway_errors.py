@@ -58,11 +58,15 @@ def json_rendering(r):
 
 
 def problem(name, status, detail):
-    return (status, "application/problem+json",
-            {"type": f"urn:sidecar-gateway:error:{name}", "title": name, "status": status, "detail": detail})
+    return (
+        status,
+        "application/problem+json",
+        {"type": f"urn:sidecar-gateway:error:{name}", "title": name, "status": status, "detail": detail},
+    )
 
 
 # -- XML (default) -----------------------------------------------------------------------------------------------
+
 
 def test_not_found_renders_mashery_xml(http, gw):
     """No endpoint: 404, application/xml, <h1>NotFound</h1>, detail No endpoint matches the request."""
@@ -73,8 +77,12 @@ def test_not_found_renders_mashery_xml(http, gw):
 def test_method_not_allowed_renders_mashery_xml(http, gw):
     """405: <h1>MethodNotAllowed</h1> with detail Method not allowed on this endpoint."""
     r = http.post(gw.base_url + "/mm/x", data=b"x", timeout=10)
-    assert xml_rendering(r) == (405, "application/xml", "Method not allowed on this endpoint",
-                                b"<h1>MethodNotAllowed</h1>")
+    assert xml_rendering(r) == (
+        405,
+        "application/xml",
+        "Method not allowed on this endpoint",
+        b"<h1>MethodNotAllowed</h1>",
+    )
 
 
 def test_bad_request_renders_mashery_xml(gw):
@@ -82,36 +90,41 @@ def test_bad_request_renders_mashery_xml(gw):
     r = raw_request(gw.port, "GET", f"/x/../y?api_key={ACTIVE_KEY}")
     media = (r.header("Content-Type") or "").split(";")[0].strip()
     assert (r.status, media, r.header("X-Error-Detail-Header"), r.body) == (
-        400, "application/xml", "Malformed request", b"<h1>BadRequest</h1>")
+        400,
+        "application/xml",
+        "Malformed request",
+        b"<h1>BadRequest</h1>",
+    )
 
 
 def test_missing_key_renders_mashery_xml(http, gw):
     """Missing key: 403 <h1>AuthenticationFailure</h1> with detail Package Key Not Specified."""
     r = http.get(gw.base_url + "/x/y", timeout=10)
-    assert xml_rendering(r) == (403, "application/xml", "Package Key Not Specified",
-                                b"<h1>AuthenticationFailure</h1>")
+    assert xml_rendering(r) == (403, "application/xml", "Package Key Not Specified", b"<h1>AuthenticationFailure</h1>")
 
 
 def test_refused_backend_renders_502_xml(http, gw):
     """Backend port refusing connections: 502 <h1>BackendUnavailable</h1>, Backend could not be reached."""
     r = http.get(gw.base_url + "/dead/x", timeout=10)
-    assert xml_rendering(r) == (502, "application/xml", "Backend could not be reached",
-                                b"<h1>BackendUnavailable</h1>")
+    assert xml_rendering(r) == (502, "application/xml", "Backend could not be reached", b"<h1>BackendUnavailable</h1>")
 
 
 @pytest.mark.parametrize("path", ["/reset/x", "/close/x"])
 def test_backend_dropping_connection_before_answer_answers_502(http, gw, path):
     """A backend that resets or closes the connection without answering: 502 BackendUnavailable."""
     r = http.get(gw.base_url + path, timeout=10)
-    assert xml_rendering(r) == (502, "application/xml", "Backend could not be reached",
-                                b"<h1>BackendUnavailable</h1>")
+    assert xml_rendering(r) == (502, "application/xml", "Backend could not be reached", b"<h1>BackendUnavailable</h1>")
 
 
 def test_slow_backend_renders_504_xml(http, gw):
     """Backend slower than the 1 s endpoint timeout: 504 <h1>BackendTimeout</h1>."""
     r = http.get(gw.base_url + "/slow/x", timeout=10)
-    assert xml_rendering(r) == (504, "application/xml", "Backend did not answer within the endpoint timeout",
-                                b"<h1>BackendTimeout</h1>")
+    assert xml_rendering(r) == (
+        504,
+        "application/xml",
+        "Backend did not answer within the endpoint timeout",
+        b"<h1>BackendTimeout</h1>",
+    )
 
 
 def test_slow_backend_is_cut_at_endpoint_timeout(http, gw):
@@ -124,8 +137,12 @@ def test_slow_backend_is_cut_at_endpoint_timeout(http, gw):
 def test_oversized_body_renders_413_xml(http, gw):
     """A Content-Length body over max_request_body: 413 <h1>PayloadTooLarge</h1>."""
     r = http.post(gw.base_url + "/body/x", data=b"a" * (4 * LIMIT), timeout=10)
-    assert xml_rendering(r) == (413, "application/xml", "Request body exceeds the gateway limit",
-                                b"<h1>PayloadTooLarge</h1>")
+    assert xml_rendering(r) == (
+        413,
+        "application/xml",
+        "Request body exceeds the gateway limit",
+        b"<h1>PayloadTooLarge</h1>",
+    )
 
 
 def test_oversized_body_never_reaches_backend(http, gw, backend):
@@ -137,9 +154,11 @@ def test_oversized_body_never_reaches_backend(http, gw, backend):
 
 def test_oversized_chunked_body_answers_413(http, gw):
     """A chunked body that grows over max_request_body answers 413."""
+
     def chunks():
         for _ in range(8):
             yield b"a" * 512
+
     r = http.post(gw.base_url + "/body/x", data=chunks(), timeout=10)
     assert r.status_code == 413
 
@@ -151,6 +170,7 @@ def test_body_at_limit_is_forwarded(http, gw):
 
 
 # -- problem+json ------------------------------------------------------------------------------------------------
+
 
 def test_json_format_renders_403_as_problem_json(http, gw):
     """error_format json: missing key gives the problem+json document of §6.2."""
@@ -173,8 +193,10 @@ def test_json_format_renders_504_as_problem_json(http, gw):
 def test_json_format_problem_body_is_compact(http, gw):
     """The problem+json body is compact (no spaces after separators), in the order type, title, status, detail."""
     r = http.get(gw.base_url + "/j/y", timeout=10)
-    assert r.content == (b'{"type":"urn:sidecar-gateway:error:AuthenticationFailure","title":"AuthenticationFailure",'
-                         b'"status":403,"detail":"Package Key Not Specified"}')
+    assert r.content == (
+        b'{"type":"urn:sidecar-gateway:error:AuthenticationFailure","title":"AuthenticationFailure",'
+        b'"status":403,"detail":"Package Key Not Specified"}'
+    )
 
 
 def test_not_found_uses_xml_next_to_json_endpoints(http, gw):
@@ -184,6 +206,7 @@ def test_not_found_uses_xml_next_to_json_endpoints(http, gw):
 
 
 # -- what is not a gateway-made error ----------------------------------------------------------------------------
+
 
 def test_backend_error_status_is_passed_through(http, gw):
     """A backend 503 reaches the client unchanged (status and body), not re-rendered."""

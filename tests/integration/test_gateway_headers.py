@@ -63,6 +63,7 @@ def xff(headers):
 
 # -- hop-by-hop --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def hop_call(gw):
     return sent_headers(gw, HOP_REQUEST_HEADERS)
@@ -102,6 +103,7 @@ def test_end_to_end_response_header_is_returned(hop_response):
 
 
 # -- X-Forwarded-* -----------------------------------------------------------------------------------------------
+
 
 def test_x_forwarded_for_is_replaced_for_untrusted_peer(gw):
     """From an untrusted peer the client's X-Forwarded-For is replaced by the peer address."""
@@ -146,6 +148,7 @@ def test_client_x_forwarded_host_is_replaced_for_untrusted_peer(gw):
 
 
 # -- X-Mashery-Message-ID ----------------------------------------------------------------------------------------
+
 
 def test_message_id_is_lowercase_v4_uuid(gw):
     """The backend gets exactly one X-Mashery-Message-ID, a lower-case v4 UUID."""

@@ -41,6 +41,7 @@ def outcome(r):
 
 # -- query (default) ---------------------------------------------------------------------------------------------
 
+
 def test_query_api_key_is_accepted(http, gw):
     """An active key in query parameter api_key is accepted."""
     assert call(http, gw, "/kq/x", params={"api_key": ACTIVE_KEY}).status_code == 200
@@ -86,6 +87,7 @@ def test_header_key_is_ignored_when_key_is_read_from_query(http, gw):
 
 # -- header ------------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", ["X-Api-Key", "x-api-key"])
 def test_header_key_is_accepted(http, gw, name):
     """With in: header the key is read from X-Api-Key (header names are case-insensitive)."""
@@ -114,6 +116,7 @@ def test_explicit_header_name_replaces_default_header(http, gw):
 
 # -- explicit query name -----------------------------------------------------------------------------------------
 
+
 def test_explicit_query_name_is_accepted(http, gw):
     """in: query with name key reads ?key=."""
     assert call(http, gw, "/kn/x", params={"key": ACTIVE_KEY}).status_code == 200
@@ -130,6 +133,7 @@ def test_explicit_query_name_replaces_default_name(http, gw):
 
 
 # -- key_required: false -----------------------------------------------------------------------------------------
+
 
 def test_anonymous_call_is_allowed_when_key_not_required(http, gw):
     """key_required false: a call without a key is served."""

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support.backend import MIB, PatternBody, pattern_sha256
-from support.gateway_proc import config, endpoint, service
+from support.gateway_proc import config, endpoint, service, session
 
 SIZE_MB = 50
 MAX_GROWTH = 20 * MIB
@@ -72,7 +72,6 @@ def warm(gw, http_module):
 
 @pytest.fixture(scope="module")
 def http_module():
-    from support.gateway_proc import session
     s = session()
     yield s
     s.close()

@@ -37,6 +37,7 @@ __all__ = [
     "OTHER_KEY",
     "GatewayProcess",
     "RawResponse",
+    "cmdline",
     "config",
     "endpoint",
     "free_port",
@@ -169,8 +170,13 @@ class GatewayProcess:
         self._out = open(self.stdout_path, "wb")  # noqa: SIM115 - closed in stop()
         self._err = open(self.stderr_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            cmd, stdout=self._out, stderr=self._err, stdin=subprocess.DEVNULL, cwd=workdir,
-            env=full_env, start_new_session=True,
+            cmd,
+            stdout=self._out,
+            stderr=self._err,
+            stdin=subprocess.DEVNULL,
+            cwd=workdir,
+            env=full_env,
+            start_new_session=True,
         )
         self.pid = self.proc.pid
 
@@ -244,8 +250,12 @@ class GatewayProcess:
         return self.stdout() + "\n" + self.stderr()
 
     def tail(self, n: int = 40) -> str:
-        return "stdout:\n" + "\n".join(self.stdout().splitlines()[-n:]) + "\nstderr:\n" + "\n".join(
-            self.stderr().splitlines()[-n:])
+        return (
+            "stdout:\n"
+            + "\n".join(self.stdout().splitlines()[-n:])
+            + "\nstderr:\n"
+            + "\n".join(self.stderr().splitlines()[-n:])
+        )
 
     def json_lines(self) -> list[dict[str, Any]]:
         """Every line of stdout and stderr that is a JSON object."""
@@ -262,8 +272,9 @@ class GatewayProcess:
                 out.append(obj)
         return out
 
-    def wait_for_lines(self, pred: Callable[[dict[str, Any]], bool], n: int = 1,
-                       timeout: float = 5.0) -> list[dict[str, Any]]:
+    def wait_for_lines(
+        self, pred: Callable[[dict[str, Any]], bool], n: int = 1, timeout: float = 5.0
+    ) -> list[dict[str, Any]]:
         """JSON log lines satisfying ``pred``; waits until at least ``n`` are there (or ``timeout``)."""
         deadline = time.monotonic() + timeout
         while True:
@@ -293,8 +304,13 @@ class GatewayProcess:
 def run_cli(*args: str, timeout: float = 30.0, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """``python -m sidecar_gateway ARGS`` to completion (for ``check`` and refused ``run``)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "sidecar_gateway", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        stdin=subprocess.DEVNULL, text=True, cwd=cwd, start_new_session=True,
+        [sys.executable, "-m", "sidecar_gateway", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     try:
@@ -442,8 +458,11 @@ def listening_addresses(port: int) -> list[str]:
 def socket_owner_pids(pids: Iterable[int], local_port: int, remote_ports: set[int]) -> dict[int, int]:
     """For the ESTABLISHED server-side sockets ``local_port`` <- ``remote_ports``: remote port -> owning pid
     (among ``pids``)."""
-    inode_to_rport = {inode: rport for _, lport, _, rport, st, inode in _tcp_table()
-                      if lport == local_port and st == "01" and rport in remote_ports}
+    inode_to_rport = {
+        inode: rport
+        for _, lport, _, rport, st, inode in _tcp_table()
+        if lport == local_port and st == "01" and rport in remote_ports
+    }
     owners: dict[int, int] = {}
     for pid in pids:
         fd_dir = Path(f"/proc/{pid}/fd")

@@ -119,7 +119,8 @@ class LambdaRunner:
                 self.process.wait(timeout=STOP_TIMEOUT_S)
         _killpg(self.process.pid)
         for pid in self._environment_pids:
-            _killpg(pid)
+            if _is_runtime(pid):  # a pid the kernel re-used for something else is left alone
+                _killpg(pid)
 
 
 @contextlib.contextmanager
@@ -180,6 +181,14 @@ def _wait_ready(process: subprocess.Popen[bytes], log_path: Path) -> str:
 def _killpg(pgid: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+
+
+def _is_runtime(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return b"awslambdaric" in cmdline.read()
+    except OSError:
+        return False
 
 
 def _opener() -> urllib.request.OpenerDirector:

@@ -68,7 +68,7 @@ async def _serve(runner: LocalLambdaRunner) -> None:
     try:
         names = ", ".join(runner.functions)
         print(f"{READY_LINE_PREFIX}{url} (functions: {names}; SigV4 "
-              f"{'verified' if runner._verify_sigv4 else 'not verified'})", flush=True)
+              f"{'verified' if runner.verifies_signatures else 'not verified'})", flush=True)
         await stop.wait()
     finally:
         await runner.stop()

@@ -479,7 +479,15 @@ class ExecutionEnvironment:
 
 def _log_lines(pieces: list[bytes]) -> list[str]:
     # awslambdaric joins a multi-line error log with "\r" so CloudWatch keeps it one event; a terminal wants lines.
-    return [line for piece in pieces for line in piece.decode("utf-8", "replace").replace("\r", "\n").split("\n")]
+    # Function output is hostile to a terminal: other control characters are shown escaped, never interpreted.
+    return [
+        line.translate(_CONTROL_ESCAPES)
+        for piece in pieces
+        for line in piece.decode("utf-8", "replace").replace("\r", "\n").split("\n")
+    ]
+
+
+_CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F) if code != ord("\t")}
 
 
 def _error_type(body: bytes) -> str | None:

@@ -227,6 +227,10 @@ class LocalLambdaRunner:
         self._stopping = False
         self.url = ""
 
+    @property
+    def verifies_signatures(self) -> bool:
+        return self._verify_sigv4
+
     def __repr__(self) -> str:
         return f"<LocalLambdaRunner {self.url or 'not started'} pools={list(self._pools.values())!r}>"
 

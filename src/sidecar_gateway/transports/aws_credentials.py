@@ -211,6 +211,17 @@ class AwsCredentialProvider:
     def evict_external_id(self, region: str, name: str) -> None:
         self._external_ids.pop((region, ssm_parameter_name(name)), None)
 
+    async def aclose(self) -> None:
+        """Cancel lookups still in flight (their worker threads finish on their own) and close the clients."""
+        flights = list(self._flights.values())
+        for task in flights:
+            task.cancel()
+        await asyncio.gather(*flights, return_exceptions=True)
+        with self._clients_lock:
+            clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
     # -- single flight -----------------------------------------------------------------------------------------
 
     def _start(self, key: Hashable, factory: Callable[[], Coroutine[Any, Any, T]]) -> asyncio.Task[T]:
