@@ -20,6 +20,8 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from botocore.exceptions import ClientError
+
+from sidecar_gateway.localrunner import Defaults, ManifestError, load_functions
 from support.lambda_runner import (
     FUNCTIONS_DIR,
     TEST_ACCESS_KEY,
@@ -30,8 +32,6 @@ from support.lambda_runner import (
     process_is_gone,
     run_lambda_runner,
 )
-
-from sidecar_gateway.localrunner import Defaults, ManifestError, load_functions
 
 ACCOUNT = "123456789012"  # the runner's default account id (DEFAULT_ACCOUNT_ID)
 # Bounds for polling (event invocations, environment state); generous for a loaded CI machine.

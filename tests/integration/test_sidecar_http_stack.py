@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from support.backend import BackendServer
 from support.function_server import Behavior, FunctionServer
 from support.gateway_proc import ACTIVE_KEY, GatewayProcess, config, endpoint, service, session
@@ -100,15 +101,16 @@ def gw(tmp_path_factory: pytest.TempPathFactory, backend: BackendServer, functio
         endpoint("post-fs-null", "/post-fs-null", b, post_processing=_pre(f("/null"), "failSafe: true")),
         endpoint("post-null", "/post-null", b, post_processing=_pre(f("/null"))),
         # conditions and payload limits
-        endpoint("req-header", "/req-header", b, pre_processing=_pre(f("/allow"), "require-request-headers: Authorization")),
+        endpoint("req-header", "/req-header", b,
+                 pre_processing=_pre(f("/allow"), "require-request-headers: Authorization")),
         endpoint("req-eav", "/req-eav", b, pre_processing=_pre(f("/allow"), "require-eavs: eav1, tier")),
         endpoint("req-keav", "/req-keav", b, pre_processing=_pre(f("/allow"), "require-packageKey-eavs: gold")),
         endpoint("limit", "/limit", b, pre_processing=_pre(f("/allow"),
                                                             "expand-input: requestPayload\nmax-payload-size: 20b")),
         endpoint("filter", "/filter", b, pre_processing=_pre(f("/allow"), "expand-input: requestPayload\n"
                                                              "max-payload-size: 20b\nmax-payload-condition: filtering")),
-        endpoint("onemb", "/onemb", b, pre_processing=_pre(f("/allow"),
-                                                           "expand-input: requestPayload\nmax-payload-size: 1mb")),
+        endpoint("onemb", "/onemb", b,
+                 pre_processing=_pre(f("/allow"), "expand-input: requestPayload\nmax-payload-size: 1mb")),
         # event mode: a failing function never blocks the call
         endpoint("event", "/event", b, pre_processing=_pre(f("/event-500"), "synchronicity: event")),
         # inputs as sent (§3.5 examples 3, post example), pre and post on one call

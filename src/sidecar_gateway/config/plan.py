@@ -270,7 +270,8 @@ class EndpointPlan:
 class Application:
     id: str
     name: str = ""
-    eavs: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP)  # blank values already removed (a blank EAV counts as absent, §1)
+    # blank values already removed (a blank EAV counts as absent, §1)
+    eavs: Mapping[str, str] = field(default_factory=lambda: EMPTY_MAP)
 
 
 @dataclass(frozen=True, slots=True)

@@ -89,10 +89,10 @@ def _wait_ready(admin_port: int, proc: subprocess.Popen[bytes]) -> None:
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise SystemExit(f"demo: the gateway exited with status {proc.returncode}")
-        with contextlib.suppress(OSError, urllib.error.URLError):
-            with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
-                if r.status == 200:
-                    return
+        with contextlib.suppress(OSError, urllib.error.URLError), \
+                urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=1) as r:
+            if r.status == 200:
+                return
         time.sleep(0.1)
     raise SystemExit("demo: the gateway did not become ready")
 
