@@ -107,8 +107,9 @@ def gw(tmp_path_factory: pytest.TempPathFactory, backend: BackendServer, functio
         endpoint("req-keav", "/req-keav", b, pre_processing=_pre(f("/allow"), "require-packageKey-eavs: gold")),
         endpoint("limit", "/limit", b, pre_processing=_pre(f("/allow"),
                                                             "expand-input: requestPayload\nmax-payload-size: 20b")),
-        endpoint("filter", "/filter", b, pre_processing=_pre(f("/allow"), "expand-input: requestPayload\n"
-                                                             "max-payload-size: 20b\nmax-payload-condition: filtering")),
+        endpoint("filter", "/filter", b,
+                 pre_processing=_pre(f("/allow"), "expand-input: requestPayload\n"
+                                     "max-payload-size: 20b\nmax-payload-condition: filtering")),
         endpoint("onemb", "/onemb", b,
                  pre_processing=_pre(f("/allow"), "expand-input: requestPayload\nmax-payload-size: 1mb")),
         # event mode: a failing function never blocks the call
