@@ -177,8 +177,8 @@ class AwsCredentialProvider:
             return await self.gateway_credentials()
         if conn.role_arn is None:
             raise InternalError("aws-lambda connection uses AssumeRole without a role ARN")
-        ssm_key = None
-        external_id = None
+        ssm_key: tuple[str, str] | None = None
+        external_id: str | None = None
         if conn.external_id_key is not None:  # mandatory (Q25), checked at load time
             ssm_key = (await self._ssm_region(conn.region), ssm_parameter_name(conn.external_id_key))
             external_id = await self._external_id(ssm_key)
@@ -207,9 +207,6 @@ class AwsCredentialProvider:
                 self._start(("gateway-freeze",), self._freeze_gateway)
                 return current
         return await self._wait(("gateway-freeze",), self._freeze_gateway)
-
-    def evict_external_id(self, region: str, name: str) -> None:
-        self._external_ids.pop((region, ssm_parameter_name(name)), None)
 
     async def aclose(self) -> None:
         """Cancel lookups still in flight (their worker threads finish on their own) and close the clients."""
