@@ -372,9 +372,11 @@ def test_stop_kills_every_runtime_process(tmp_path: Path) -> None:
         own_client = own.lambda_client()
         invoke(own_client, "allow")  # an idle, warm environment
         invoke(own_client, "single", {"seconds": 30}, InvocationType="Event")  # a busy one
-        environments = wait_for(lambda: [env for env in own.environments()
-                                         if env["function"] == "allow" or env["state"] == "running"]
-                                if len(own.environments()) == 2 else None, "two environments")
+        def idle_and_running() -> list[dict[str, Any]] | None:
+            environments = own.environments()
+            return environments if sorted(env["state"] for env in environments) == ["idle", "running"] else None
+
+        environments = wait_for(idle_and_running, "an idle and a busy environment")
         pids = [env["pid"] for env in environments]
         own.stop()
         assert own.process.returncode == 0

@@ -246,7 +246,6 @@ class ExecutionEnvironment:
             **{k: v for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "VIRTUAL_ENV") if (v := os.environ.get(k))},
             "AWS_LAMBDA_RUNTIME_API": f"127.0.0.1:{self.runtime_api_port}",
             "LAMBDA_TASK_ROOT": task_root,
-            "LAMBDA_RUNTIME_DIR": str(Path(sys.executable).parent),
             "_HANDLER": self.spec.handler,
             "AWS_LAMBDA_FUNCTION_NAME": self.spec.name,
             "AWS_LAMBDA_FUNCTION_VERSION": LATEST,

@@ -114,7 +114,7 @@ class FunctionPool:
         self._busy: set[ExecutionEnvironment] = set()
         self._starting = 0
         self._queued_events = 0
-        self._capacity = asyncio.Condition()
+        self._waiters: list[asyncio.Future[None]] = []
 
     def __repr__(self) -> str:
         return (f"<FunctionPool {self.spec.name} idle={len(self._idle)} busy={len(self._busy)}"
@@ -143,12 +143,17 @@ class FunctionPool:
         """``place``, waiting while throttled (Event invocations queue instead of failing)."""
         self._queued_events += 1
         try:
-            async with self._capacity:
-                while True:
-                    placement, env = self.place()
-                    if placement is not Placement.THROTTLED:
-                        return placement, env
-                    await self._capacity.wait()
+            while True:
+                placement, env = self.place()
+                if placement is not Placement.THROTTLED:
+                    return placement, env
+                waiter = asyncio.get_running_loop().create_future()
+                self._waiters.append(waiter)
+                try:
+                    await waiter
+                finally:
+                    with contextlib.suppress(ValueError):
+                        self._waiters.remove(waiter)
         finally:
             self._queued_events -= 1
 
@@ -178,12 +183,11 @@ class FunctionPool:
         self._notify()
 
     def _notify(self) -> None:
-        async def notify() -> None:
-            async with self._capacity:
-                self._capacity.notify_all()
-
-        if self._queued_events:
-            asyncio.get_running_loop().create_task(notify())
+        """Capacity may have changed: wake every queued Event invocation to retry ``place``."""
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
 
 class LocalLambdaRunner:
