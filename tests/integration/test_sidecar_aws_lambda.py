@@ -17,6 +17,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 from moto.sts.models import sts_backends
+
 from support.backend import BackendServer
 from support.gateway_proc import ACTIVE_KEY, GatewayProcess, config, endpoint, service, session
 from support.lambda_runner import FUNCTIONS_DIR, TEST_ACCESS_KEY, TEST_CREDENTIALS, TEST_SECRET_KEY, run_lambda_runner

@@ -446,3 +446,55 @@ def test_python_exception_is_function_error(gw: Any) -> None:
 def test_base64_output_payload_is_decoded_only_when_flagged(gw: Any) -> None:
     """Q13 sanity: the b64 example decodes to the documented text."""
     assert base64.b64decode("Q3VzdG9tIHBheWxvYWQ=") == b"Custom payload"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Metrics (§9.6) and reload rejection (§2.2) — kept last: they read what the calls above did
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_verdict_and_error_metrics_are_counted(gw: Any) -> None:
+    """§9.6: sidecar_verdicts_total and sidecar_errors_total by name, after one call of each kind."""
+    call(gw, "GET", "/term403")
+    call(gw, "GET", "/timeout")
+    call(gw, "GET", "/fs-empty")
+    with session() as s:
+        text = s.get(gw.admin_url + "/metrics", timeout=5).text
+    assert _metric(text, "sidecar_verdicts_total", endpoint_id="term403", point="pre", verdict="terminate",
+                   mode="live") >= 1
+    assert _metric(text, "sidecar_errors_total", endpoint_id="timeout", error_name="Gateway Timeout") >= 1
+    assert _metric(text, "sidecar_verdicts_total", endpoint_id="fs-empty", verdict="error") >= 1
+    assert _metric(text, "sidecar_errors_total", endpoint_id="fs-empty",
+                   error_name="InvalidResponseFromAWSLambdaInPreProcess") >= 1
+    assert _metric(text, "sidecar_invocation_duration_seconds_count", endpoint_id="allow", stack="http") >= 1
+    assert _metric(text, "gateway_requests_total", endpoint_id="term403", status="403") >= 1
+
+
+def test_reload_with_invalid_processor_configuration_is_rejected(gw: Any, backend: BackendServer) -> None:
+    """§2.2: a SIGHUP whose file has a processor error is rejected whole; the running configuration serves on."""
+    import signal
+    import time
+
+    import yaml
+
+    original = gw.config_path.read_text()
+    doc = yaml.safe_load(original)
+    doc["services"][0]["endpoints"][0]["pre_processing"] += "\nfailsafe: maybe\n"
+    gw.config_path.write_text(yaml.safe_dump(doc))
+    gw.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "failSafe: Invalid value" not in gw.stderr():
+        time.sleep(0.05)
+    assert "ERROR" in gw.stderr() and "failSafe: Invalid value" in gw.stderr()
+    assert call(gw, "GET", "/allow").status_code == 200
+    gw.config_path.write_text(original)

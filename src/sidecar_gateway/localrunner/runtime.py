@@ -68,6 +68,9 @@ KILL_REAP_TIMEOUT_S = 5.0
 # so a handler that prints without pause cannot starve the event loop (uvicorn's flow-control idea).
 OUTPUT_READ_SIZE = 64 * 1024
 OUTPUT_READS_PER_CALLBACK = 16
+# Draining before START/END/REPORT: everything written so far, bounded (4 MiB) because a runaway handler that
+# has not stopped printing (the timeout case) would otherwise keep the drain going for ever.
+OUTPUT_READS_PER_DRAIN = 64
 # A line longer than this is printed in pieces rather than buffered without bound (CloudWatch cuts events at
 # 256 KiB).
 MAX_LOG_LINE_BYTES = 256 * 1024
@@ -269,10 +272,10 @@ class ExecutionEnvironment:
         assert self._process is not None  # set by start(), which creates this task
         code = await self._process.wait()
         self._kill_group()  # children the handler left behind die with the runtime
-        self._read_output(None)
+        self._read_output(OUTPUT_READS_PER_DRAIN)
         self._close_output()
         previous = self.state
-        self.state = EnvState.DEAD
+        self._transition(EnvState.DEAD)
         self._inbox.put_nowait(None)  # release a pending GET /next
         invocation = self._current
         if invocation is not None and not invocation.outcome.done():
@@ -280,7 +283,7 @@ class ExecutionEnvironment:
                 outcome = Outcome(OutcomeKind.FUNCTION_ERROR, self._init_error, ReportStatus.ERROR,
                                   _error_type(self._init_error))
             else:
-                detail = f"signal: {signal.Signals(-code).name.lower()}" if code < 0 else f"exit status {code}"
+                detail = _exit_detail(code)
                 outcome = Outcome(
                     OutcomeKind.FUNCTION_ERROR,
                     error_document("Runtime.ExitError",
@@ -327,7 +330,7 @@ class ExecutionEnvironment:
             done, _ = await asyncio.wait({invocation.outcome}, timeout=max(remaining, 0.0))
             if not done:
                 message = f"{invocation.request_id} Task timed out after {invocation.timeout_s:.2f} seconds"
-                self._read_output(None)
+                self._read_output(OUTPUT_READS_PER_DRAIN)
                 self._emit([f"{_utc_now()} {message}"])
                 self._finish(invocation, Outcome(OutcomeKind.FUNCTION_ERROR,
                                                  error_document("Sandbox.Timedout", message), ReportStatus.TIMEOUT),
@@ -347,7 +350,7 @@ class ExecutionEnvironment:
         invocation.delivered_at = now
         invocation.deadline = now + invocation.timeout_s
         invocation.delivered.set_result(None)
-        self._read_output(None)  # init output belongs before START
+        self._read_output(OUTPUT_READS_PER_DRAIN)  # init output belongs before START
         self._emit([f"START RequestId: {invocation.request_id} Version: {LATEST}"])
         return invocation
 
@@ -387,7 +390,7 @@ class ExecutionEnvironment:
     def _finish(self, invocation: Invocation, outcome: Outcome, *, delivered: bool) -> None:
         if invocation.outcome.done():
             return
-        self._read_output(None)
+        self._read_output(OUTPUT_READS_PER_DRAIN)
         self._flush_partial_line()
         now = self._loop.time()
         lines = []
@@ -427,15 +430,14 @@ class ExecutionEnvironment:
 
     # -- output ------------------------------------------------------------------------------------------------
 
-    def _read_output(self, max_reads: int | None) -> None:
-        """Read what the process wrote (all of it when ``max_reads`` is None) and print it line by line."""
-        fd = self._output_fd
+    def _read_output(self, max_reads: int) -> None:
+        """Read what the process wrote (up to ``max_reads`` pipe buffers) and print it line by line."""
         reads = 0
         lines: list[str] = []
-        while fd >= 0 and (max_reads is None or reads < max_reads):
+        while self._output_fd >= 0 and reads < max_reads:
             reads += 1
             try:
-                chunk = os.read(fd, OUTPUT_READ_SIZE)
+                chunk = os.read(self._output_fd, OUTPUT_READ_SIZE)
             except BlockingIOError:
                 break
             except OSError:
@@ -487,6 +489,17 @@ def _log_lines(pieces: list[bytes]) -> list[str]:
 
 
 _CONTROL_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F) if code != ord("\t")}
+
+
+def _exit_detail(code: int) -> str:
+    """How Lambda words a runtime's end: ``exit status 1`` or ``signal: killed``."""
+    if code >= 0:
+        return f"exit status {code}"
+    try:
+        name = signal.Signals(-code).name.removeprefix("SIG").lower()
+    except ValueError:
+        name = str(-code)
+    return f"signal: {'killed' if name == 'kill' else name}"
 
 
 def _error_type(body: bytes) -> str | None:
