@@ -41,9 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     functions = sub.add_parser("functions", help="local function tools")
     fsub = functions.add_subparsers(dest="functions_command", required=True)
     fserve = fsub.add_parser("serve", help="serve Python functions behind a local Lambda Invoke API")
-    fserve.add_argument("dir")
-    fserve.add_argument("--listen", type=_split_listen, default=("127.0.0.1", 9001))
-    fserve.add_argument("--concurrency", type=int, default=None)
+    from .localrunner.__main__ import add_arguments as add_runner_arguments
+
+    add_runner_arguments(fserve)
     demo = sub.add_parser("demo", help="run the demo: gateway + example backend + example functions")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--smoke", action="store_true", help="run the demo calls, check the answers, and exit")
@@ -68,6 +68,9 @@ def _run(args: argparse.Namespace) -> int:
     result = load_config(args.config)
     for p in result.problems:
         print(p.render(), file=sys.stderr)
+    if result.problems:
+        errors = sum(1 for p in result.problems if p.level is Level.ERROR)
+        print(f"{args.config}: {errors} error(s), {len(result.problems) - errors} warning(s)", file=sys.stderr)
     if result.unreadable:
         return EXIT_UNREADABLE
     if result.plan is None:
@@ -87,13 +90,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
     if args.command == "functions":
-        from .localrunner.__main__ import main as runner_main
+        from .localrunner.__main__ import run as run_functions
 
-        host, port = args.listen
-        argv2 = [args.dir, "--listen", f"{host}:{port}"]
-        if args.concurrency:
-            argv2 += ["--concurrency", str(args.concurrency)]
-        return runner_main(argv2) or 0
+        return run_functions(args)
     if args.command == "demo":
         from .demo import main as demo_main
 

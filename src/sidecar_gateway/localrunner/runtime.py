@@ -161,12 +161,15 @@ class LogSink:
     """Writes the runner's log lines (START/END/REPORT and function output) to a text stream."""
 
     def __init__(self, stream: TextIO) -> None:
-        self._stream = stream
+        self._stream: TextIO | None = stream
 
     def write(self, function: str, lines: list[str]) -> None:
-        if lines:
-            self._stream.write("".join(f"[{function}] {line}\n" for line in lines))
-            self._stream.flush()
+        if lines and self._stream is not None:
+            try:
+                self._stream.write("".join(f"[{function}] {line}\n" for line in lines))
+                self._stream.flush()
+            except (OSError, ValueError):  # the terminal or pipe went away: keep serving, stop logging
+                self._stream = None
 
 
 class ExecutionEnvironment:
