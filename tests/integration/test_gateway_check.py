@@ -5,6 +5,9 @@ an invalid file with exit 1 and the same lines on stderr."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -163,3 +166,12 @@ def test_run_unreadable_file_exits_2(run, name):
     """run exits 2 for a file that does not exist or is not YAML."""
     res = run("run", name)
     assert res.returncode == 2, res.stdout + res.stderr
+
+
+def test_console_script_check_accepts_valid_file(tmp_path):
+    """The installed console script ``sidecar-gateway check`` exits 0 on a valid file."""
+    script = shutil.which("sidecar-gateway") or str(Path(sys.executable).with_name("sidecar-gateway"))
+    path = tmp_path / "valid.yaml"
+    write_yaml(path, _valid())
+    res = subprocess.run([script, "check", str(path)], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0, res.stdout + res.stderr

@@ -5,6 +5,7 @@ max_request_body; backend statuses themselves pass through untouched."""
 
 from __future__ import annotations
 
+import socket
 import time
 import uuid
 
@@ -31,6 +32,7 @@ def gw(module_gateway_factory, backend, dead_port):
             endpoint("ep-deadj", "/deadj", dead, error_format="json", **anon),
             endpoint("ep-slow", "/slow", b("/slow/3"), timeout=1, **anon),
             endpoint("ep-slowj", "/slowj", b("/slow/3"), timeout=1, error_format="json", **anon),
+            endpoint("ep-slowlong", "/slowlong", b("/slow/3"), timeout=10, **anon),
             endpoint("ep-reset", "/reset", b("/reset"), **anon),
             endpoint("ep-close", "/close", b("/close"), **anon),
             endpoint("ep-resetmid", "/resetmid", b("/resetmid"), **anon),
@@ -223,3 +225,17 @@ def test_backend_reset_mid_body_is_not_delivered_as_complete(gw):
     except requests.RequestException:
         return  # aborted connection: correct
     assert r.status_code == 502, f"got a complete {r.status_code} response of {len(r.content)} bytes"
+
+
+def test_client_disconnect_cancels_upstream_call(gw, backend):
+    """A client hanging up while the backend works makes the gateway drop the backend call promptly."""
+    token = uuid.uuid4().hex
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(f"GET /slowlong/{token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert backend.wait_for(token, timeout=5), "the call never reached the backend"
+        time.sleep(0.2)
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and backend.matching(token)[0].gone_after is None:
+        time.sleep(0.05)
+    gone_after = backend.matching(token)[0].gone_after
+    assert gone_after is not None and gone_after < 2.0, gone_after

@@ -10,7 +10,7 @@ slow, whatever the client's remainder):
 first segment          answer
 =====================  =========================================================================================
 ``status/<code>``      that status, body ``status <code>`` (text/plain)
-``slow/<seconds>``     reads the body, sleeps, then answers like ``echo``
+``slow/<seconds>``     reads the body, sleeps, then answers like ``echo`` (notes when the caller hangs up first)
 ``stream/<MiB>``       200 with ``Content-Length`` = MiB * 2**20 of ``pattern_bytes`` sent in 64 KiB chunks
 ``reset``              reads the request, then resets the TCP connection (RST) without answering
 ``resetmid``           sends the head and 64 KiB of a 10 MiB body, then resets the connection
@@ -109,6 +109,7 @@ class RecordedRequest:
     started: float = field(default_factory=time.monotonic)
     body_length: int | None = None  # set once the body has been read (None: not read / aborted)
     body_sha256: str | None = None
+    gone_after: float | None = None  # ``slow`` only: seconds after arrival at which the caller closed the connection
 
     @property
     def path(self) -> str:
@@ -230,8 +231,8 @@ class BackendServer:
         if first == "status":
             code = int(arg)
             return web.Response(status=code, text=f"status {code}")
-        if first == "slow":
-            await asyncio.sleep(float(arg))
+        if first == "slow" and await self._sleep_unless_gone(request, rec, float(arg)):
+            raise asyncio.CancelledError
         if first == "reset":
             self._reset(request)
             raise asyncio.CancelledError
@@ -246,6 +247,18 @@ class BackendServer:
             resp.headers["Keep-Alive"] = "timeout=5"
             resp.headers["X-End-To-End"] = "kept"
         return resp
+
+    @staticmethod
+    async def _sleep_unless_gone(request: web.Request, rec: RecordedRequest, seconds: float) -> bool:
+        """Sleep ``seconds`` in small steps; True (and ``rec.gone_after`` set) if the caller hung up."""
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            transport = request.transport
+            if transport is None or transport.is_closing():
+                rec.gone_after = time.monotonic() - rec.started
+                return True
+            await asyncio.sleep(0.02)
+        return False
 
     @staticmethod
     def _echo(rec: RecordedRequest) -> dict[str, object]:

@@ -202,6 +202,7 @@ class ExecutionEnvironment:
         self._spawned_at = 0.0
         self._init_duration_ms: float | None = None  # measured at the first GET /next; reported once
         self._init_error: bytes | None = None
+        self._peak_memory_mb = 0
         self.state = EnvState.IDLE
         self.invocation_count = 0
         # Per invocation.
@@ -354,6 +355,7 @@ class ExecutionEnvironment:
         invocation.deadline = now + invocation.timeout_s
         invocation.delivered.set_result(None)
         self._read_output(OUTPUT_READS_PER_DRAIN)  # init output belongs before START
+        self._max_memory_mb()  # a first reading, in case the process dies before REPORT
         self._emit([f"START RequestId: {invocation.request_id} Version: {LATEST}"])
         return invocation
 
@@ -419,17 +421,18 @@ class ExecutionEnvironment:
         invocation.outcome.set_result(outcome)
 
     def _max_memory_mb(self) -> int:
-        """Peak resident set size of the runtime process (VmHWM), like Lambda's 'Max Memory Used'."""
-        if self._process is None:
-            return 0
-        try:
-            with open(f"/proc/{self._process.pid}/status", encoding="ascii") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return math.ceil(int(line.split()[1]) / 1024)
-        except (OSError, ValueError, IndexError):
-            pass  # not Linux, or the process is gone
-        return 0
+        """Peak resident set size of the runtime process (VmHWM), like Lambda's 'Max Memory Used'; the last value
+        read when the process is already gone (0 where /proc does not exist)."""
+        if self._process is not None:
+            try:
+                with open(f"/proc/{self._process.pid}/status", encoding="ascii") as status:
+                    for line in status:
+                        if line.startswith("VmHWM:"):
+                            self._peak_memory_mb = max(self._peak_memory_mb, math.ceil(int(line.split()[1]) / 1024))
+                            break
+            except (OSError, ValueError, IndexError):
+                pass  # not Linux, or the process is gone
+        return self._peak_memory_mb
 
     # -- output ------------------------------------------------------------------------------------------------
 
