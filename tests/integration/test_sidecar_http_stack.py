@@ -44,6 +44,13 @@ BEHAVIORS: dict[str, Behavior] = {
                                                "addHeaders": {"Retry-After": "3"}}}),
     "/event-500": Behavior(b"boom", status=500),
     "/garbage": Behavior(b"<html>not json"),
+    "/cache-hint": Behavior({"unchangedFor": 60000, "modify": {"addHeaders": {"x-tier": "gold"}}}),
+    "/preflight": Behavior(respond=lambda i: {"modify": {"addHeaders": {"x-preflight": "yes"}}}
+                           if i["point"] == "Preflight" else {"modify": {"addHeaders": {"x-pre": "yes"}}}),
+    "/preflight-deny": Behavior(respond=lambda i: {"terminate": {"code": 402, "message": "Plan exhausted"}}
+                                if i["point"] == "Preflight" else {}),
+    "/slow-nb": Behavior({}, delay_s=2.0),
+    "/shadow-400": Behavior({"terminate": {"code": 400, "message": "Bad Request"}}),
 }
 
 
@@ -127,6 +134,13 @@ def gw(tmp_path_factory: pytest.TempPathFactory, backend: BackendServer, functio
         endpoint("error-set", "/error-set", b,
                  error_set={400: {"body": '{"error":"bad"}', "content_type": "application/json"}},
                  pre_processing=_pre(f("/allow"), "require-request-headers: X-Needed\nenable_error_set: true")),
+        # §9 extensions
+        endpoint("cached", "/cached", b, pre_processing=_pre(f("/cache-hint"))),
+        endpoint("preflight", "/preflight", b, pre_processing=_pre(f("/preflight"), "preflight: true")),
+        endpoint("preflight-deny", "/preflight-deny", b, pre_processing=_pre(f("/preflight-deny"), "preflight: true")),
+        endpoint("scoped", "/scoped", b, pre_processing=_pre(f("/terminate-403"), "unless-httpVerb: GET | HEAD")),
+        endpoint("nonblocking", "/nonblocking", b, pre_processing=_pre(f("/slow-nb"), "synchronicity: non-blocking")),
+        endpoint("shadow", "/shadow", b, pre_processing=_pre(f("/shadow-400"), "shadow: true")),
         endpoint("python", "/python", b, pre_processing="stack: python\nhandler: sidecar_functions:pre_add_user"),
         endpoint("python-raise", "/python-raise", b, pre_processing="stack: python\nhandler: sidecar_functions:boom"),
     ]
@@ -446,6 +460,73 @@ def test_python_exception_is_function_error(gw: Any) -> None:
 def test_base64_output_payload_is_decoded_only_when_flagged(gw: Any) -> None:
     """Q13 sanity: the b64 example decodes to the documented text."""
     assert base64.b64decode("Q3VzdG9tIHBheWxvYWQ=") == b"Custom payload"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# §9 extensions: output cache, pre-flight, scope, non-blocking, shadow
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_output_cache_hint_skips_second_invocation(gw: Any, functions: FunctionServer,
+                                                   backend: BackendServer) -> None:
+    """§9.1: an output with unchangedFor is reused for an identical input; the modify still applies."""
+    before = len(functions.calls_to("/cache-hint"))
+    for _ in range(3):
+        assert call(gw, "GET", "/cached/same").status_code == 200
+    assert len(functions.calls_to("/cache-hint")) == before + 1
+    assert backend.matching("/same")[-1].header_values("x-tier") == ["gold"]
+
+
+def test_preflight_headers_then_pre_modify(gw: Any, functions: FunctionServer, backend: BackendServer) -> None:
+    """§9.3: the pre-flight's addHeaders and the pre-processor's modify both reach the backend."""
+    token = uuid.uuid4().hex
+    assert call(gw, "GET", f"/preflight/{token}").status_code == 200
+    sent = backend.wait_for(token)[0]
+    assert sent.header_values("x-preflight") == ["yes"] and sent.header_values("x-pre") == ["yes"]
+    points = {c.input["point"] for c in functions.calls_to("/preflight")}
+    assert points == {"Preflight", "PreProcessor"}
+
+
+def test_preflight_terminate_ends_the_call(gw: Any, backend: BackendServer) -> None:
+    """§9.3: a pre-flight terminate answers the client like a pre terminate."""
+    token = uuid.uuid4().hex
+    r = call(gw, "GET", f"/preflight-deny/{token}")
+    assert (r.status_code, r.text) == (402, "<h1>Plan exhausted</h1>")
+    assert _backend_calls(backend, token) == 0
+
+
+def test_scope_filter_skips_out_of_scope_calls(gw: Any) -> None:
+    """§9.2: unless-httpVerb GET → a GET is not sent to the function; a POST is (and terminated)."""
+    assert call(gw, "GET", "/scoped").status_code == 200
+    assert call(gw, "POST", "/scoped", data=b"x").status_code == 403
+
+
+def test_non_blocking_mode_answers_before_the_function(gw: Any, functions: FunctionServer) -> None:
+    """§9.4: the call does not wait for a 2 s function; the function still gets an Event input."""
+    import time
+
+    started = time.monotonic()
+    assert call(gw, "GET", "/nonblocking").status_code == 200
+    assert time.monotonic() - started < 1.5
+    inv = functions.wait_calls("/slow-nb", timeout=5)[-1]
+    assert inv.input["synchronicity"] == "Event"
+
+
+def test_shadow_mode_never_applies_the_verdict(gw: Any, functions: FunctionServer) -> None:
+    """§9.5: the function would terminate 400; the call still reaches the backend and the would-be verdict is
+    logged with the message id."""
+    import time
+
+    r = call(gw, "GET", "/shadow")
+    assert r.status_code == 200
+    inv = functions.wait_calls("/shadow-400", timeout=5)[-1]
+    assert inv.input["synchronicity"] == "RequestResponse"
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and '"shadow_verdict"' not in gw.stderr():
+        time.sleep(0.05)
+    line = next(json.loads(x) for x in gw.stderr().splitlines() if '"shadow_verdict"' in x)
+    assert line["verdict"] == "terminate" and line["terminate_code"] == 400
+    assert line["message_id"] == inv.input["masheryMessageId"]
 
 
 # ---------------------------------------------------------------------------------------------------------------

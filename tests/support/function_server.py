@@ -11,6 +11,7 @@ import asyncio
 import json
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +26,8 @@ class Behavior:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     delay_s: float = 0.0
+    respond: Callable[[Any], Any] | None = None  # computes the JSON answer from the parsed input
+
 
     def payload(self) -> bytes:
         if isinstance(self.body, dict):
@@ -87,7 +90,8 @@ class FunctionServer:
         behavior = self.behaviors.get(request.path, Behavior())
         if behavior.delay_s:
             await asyncio.sleep(behavior.delay_s)
-        return web.Response(status=behavior.status, body=behavior.payload(), headers=behavior.headers)
+        body = json.dumps(behavior.respond(parsed)).encode() if behavior.respond else behavior.payload()
+        return web.Response(status=behavior.status, body=body, headers=behavior.headers)
 
     def calls_to(self, path: str) -> list[Invocation]:
         with self._lock:
