@@ -49,11 +49,12 @@ MIN_BACKEND_BUDGET_S = 0.001
 class _Responder:
     """Tracks whether the response started (style rule 11) and sends replies."""
 
-    __slots__ = ("send", "started", "status")
+    __slots__ = ("finished", "send", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
         self.started = False
+        self.finished = False  # set just before the last body message
         self.status = 0
 
     async def reply(self, reply: Reply) -> None:
@@ -62,6 +63,7 @@ class _Responder:
         headers = reply.headers
         headers.append((b"content-length", str(len(reply.body)).encode()))
         await self.send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        self.finished = True
         await self.send({"type": "http.response.body", "body": reply.body})
 
 
@@ -187,7 +189,7 @@ class GatewayApp:
         )
         call = CallContext(message_id=message_id, endpoint=endpoint, request=request, package_key=package_key)
         deadline = time.monotonic() + endpoint.timeout_s
-        watcher = _DisconnectWatcher(receive, record)
+        watcher = _DisconnectWatcher(receive, record, responder)
         try:
             await self._call(rt, epr, call, backend, receive, responder, record, deadline, watcher)
         finally:
@@ -302,6 +304,7 @@ class GatewayApp:
             headers = [(k, v) for k, v in response.headers if k != b"content-length"]
             headers.append((b"content-length", str(len(response.body)).encode()))
             await send({"type": "http.response.start", "status": response.status, "headers": headers})
+            responder.finished = True
             await send({"type": "http.response.body", "body": response.body})
             return
         await send({"type": "http.response.start", "status": response.status, "headers": response.headers})
@@ -311,31 +314,39 @@ class GatewayApp:
         except ReadError:
             upstream.close()
             raise  # the response started: uvicorn aborts the connection (the client sees a truncated body)
+        except BaseException:
+            upstream.close()  # cancelled (client gone): never return a half-read connection to the pool
+            raise
+        responder.finished = True
         await send({"type": "http.response.body", "body": b""})
 
 
 class _DisconnectWatcher:
-    """Once the request body has been read, waits on ``receive`` and cancels the call on ``http.disconnect``."""
+    """Once the request body has been read, keeps reading ``receive`` and cancels the call on
+    ``http.disconnect`` — unless the response is already complete (uvicorn also answers ``http.disconnect``
+    once the response has been sent)."""
 
-    __slots__ = ("_receive", "_record", "_task", "_waiter")
+    __slots__ = ("_receive", "_record", "_responder", "_task", "_waiter")
 
-    def __init__(self, receive: Receive, record: dict[str, Any]) -> None:
+    def __init__(self, receive: Receive, record: dict[str, Any], responder: _Responder) -> None:
         self._receive = receive
         self._record = record
+        self._responder = responder
         self._task = asyncio.current_task()
-        self._waiter: asyncio.Task[Message] | None = None
+        self._waiter: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         if self._waiter is None:
-            self._waiter = asyncio.ensure_future(self._receive())
-            self._waiter.add_done_callback(self._on_message)
+            self._waiter = asyncio.ensure_future(self._watch())
 
-    def _on_message(self, fut: asyncio.Future[Message]) -> None:
-        if fut.cancelled() or fut.exception() is not None or self._task is None:
-            return
-        if fut.result().get("type") == "http.disconnect":
-            self._record["disconnected"] = True
-            self._task.cancel()
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message.get("type") == "http.disconnect":
+                if self._task is not None and not self._responder.finished:
+                    self._record["disconnected"] = True
+                    self._task.cancel()
+                return
 
     def stop(self) -> None:
         self._task = None
