@@ -30,6 +30,7 @@ from ..config.loader import load_config
 from ..config.plan import GatewayPlan
 from ..config.problems import Level
 from ..observability.logs import AccessLog, configure_logging, log_event
+from ..observability.looplag import monitor_loop_lag
 from .admin import AdminServer
 from .app import GatewayApp
 from .runtime import RuntimeHolder
@@ -119,6 +120,7 @@ async def _serve_worker(plan: GatewayPlan, opts: ServeOptions, sock: socket.sock
             app.access_log.flush()
 
     flusher = loop.create_task(flush_logs())
+    lag_monitor = loop.create_task(monitor_loop_lag())
 
     async def announce() -> None:
         while not server.started and not server.should_exit:
@@ -134,6 +136,7 @@ async def _serve_worker(plan: GatewayPlan, opts: ServeOptions, sock: socket.sock
     finally:
         flusher.cancel()
         announcer.cancel()
+        lag_monitor.cancel()
         app.access_log.flush()
         if admin is not None:
             await admin.close()

@@ -56,6 +56,12 @@ sidecar_nonblocking_queue_depth = Gauge("sidecar_nonblocking_queue_depth", "Non-
                                         registry=REGISTRY, multiprocess_mode="livesum")
 
 
+loop_lag = Histogram("gateway_event_loop_lag_seconds", "How late a 20 ms timer fires (event-loop stalls)",
+                     buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0), registry=REGISTRY)
+loop_lag_max = Gauge("gateway_event_loop_lag_max_seconds", "Largest event-loop lag of the last 10 s",
+                     registry=REGISTRY, multiprocess_mode="max")
+
+
 class EndpointMetrics:
     """Children bound once per endpoint; status children bound on first use."""
 
