@@ -44,20 +44,7 @@ def backend_path(target: Target, remainder: str, query_string: str) -> str:
 
 async def read_body(receive: Receive, limit: int) -> bytes:
     """Buffer the whole request body (only when a processor needs it), bounded by ``limit``."""
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise ClientDisconnected
-        chunk = message.get("body", b"")
-        if chunk:
-            size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
-            chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+    return b"".join([chunk async for chunk in stream_body(receive, limit)])
 
 
 class stream_body:
