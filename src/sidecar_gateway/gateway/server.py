@@ -231,9 +231,14 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
         await admin.close()
         return 0
 
+    import shutil
+
     import uvloop
 
-    return uvloop.run(supervise())
+    try:
+        return uvloop.run(supervise())
+    finally:
+        shutil.rmtree(mp_dir, ignore_errors=True)
 
 
 def _mark_dead(pid: int | None) -> None:
