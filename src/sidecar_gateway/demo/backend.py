@@ -13,9 +13,12 @@ class _Handler(BaseHTTPRequestHandler):
     def _answer(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
-        doc = {"message": "hello from the example backend", "method": self.command, "path": self.path,
-               "received_headers": {k: v for k, v in self.headers.items() if k.lower().startswith("x-")},
-               "body_bytes": len(body)}
+        shown = {k: v for k, v in self.headers.items() if k.lower().startswith("x-") or k.lower() == "authorization"}
+        doc: dict[str, object] = {"message": "hello from the example backend", "method": self.command,
+                                  "path": self.path, "received_headers": shown, "body_bytes": len(body)}
+        if self.path.startswith("/customers"):  # personal data for the PII-masking example
+            doc["customers"] = [{"name": "Ada", "email": "ada@example.com", "card": "4111 1111 1111 1111"},
+                                {"name": "Bob", "email": "bob@example.org", "card": "5500-0000-0000-0004"}]
         out = json.dumps(doc, indent=1).encode()
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
