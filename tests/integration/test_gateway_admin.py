@@ -92,3 +92,36 @@ def test_admin_listens_on_loopback_by_default(gateway_factory, backend):
     gateway_factory.start(cfg, default_admin=True)
     addresses = listening_addresses(9901)
     assert addresses and all(a in ("127.0.0.1", "::1") for a in addresses), addresses
+
+
+def test_admin_token_is_required_and_follows_reload(gateway_factory, backend):
+    """With admin.token every admin request needs the bearer token; a SIGHUP that changes it applies at once."""
+    import time
+
+    admin_port = free_port()
+
+    def cfg(token):
+        return config(service("svc-admin", endpoint("ep", "/a", backend.url("/"))),
+                      admin={"listen": f"127.0.0.1:{admin_port}", "token": token})
+
+    gw = gateway_factory.start(cfg("first-token"), wait=False)
+    url = f"http://127.0.0.1:{admin_port}/readyz"
+    with session() as s:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                if s.get(url, headers={"Authorization": "Bearer first-token"}, timeout=1).status_code == 200:
+                    break
+            except Exception:
+                pass
+            time.sleep(0.05)
+        assert s.get(url, timeout=2).status_code == 401
+        assert s.get(url, headers={"Authorization": "Bearer wrong"}, timeout=2).status_code == 401
+        gw.reload(cfg("second-token"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if s.get(url, headers={"Authorization": "Bearer second-token"}, timeout=2).status_code == 200:
+                break
+            time.sleep(0.05)
+        assert s.get(url, headers={"Authorization": "Bearer second-token"}, timeout=2).status_code == 200
+        assert s.get(url, headers={"Authorization": "Bearer first-token"}, timeout=2).status_code == 401

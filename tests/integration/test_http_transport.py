@@ -230,6 +230,15 @@ async def test_configured_header_cannot_override_protocol_headers(server: Server
 
 
 @pytest.mark.asyncio
+async def test_configured_accept_replaces_the_default(server: Server, client: HttpClient) -> None:
+    """header.Accept is not reserved by §2.5: the configured value is sent instead of application/json."""
+    transport = _transport(f"{server.base}/fn/output", client, (("Accept", "application/vnd.acme+json"),))
+    await _invoke(transport)
+    sent = server.rec.requests[0]["headers"]
+    assert [v for k, v in sent if k.lower() == "accept"] == ["application/vnd.acme+json"]
+
+
+@pytest.mark.asyncio
 async def test_connection_is_kept_alive_between_calls(server: Server, client: HttpClient) -> None:
     """Consecutive calls (including discarded Event bodies) reuse one pooled connection."""
     transport = _transport(f"{server.base}/fn/output", client)

@@ -829,6 +829,11 @@ def test_static_header_value_with_carriage_return_is_invalid() -> None:
                         environ={"V": "a\nb"})
 
 
+def test_static_header_value_outside_latin1_is_invalid() -> None:
+    """A value HTTP/1.1 cannot carry as bytes is refused at load, not when the transport is built."""
+    assert_only_problem(HTTP + "header.X-A: 5 €", error("header.X-A", "Invalid value: header value without CR or LF"))
+
+
 def test_static_headers_with_same_name_in_other_case_are_duplicates() -> None:
     """§2.1 rule 5: header names compare case-insensitively."""
     assert_only_problem(HTTP + "header.X-Api-Key: a\nheader.x-api-key: b", error("header.x-api-key", "Duplicate key"))

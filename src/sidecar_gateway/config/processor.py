@@ -118,7 +118,7 @@ EXPECT_HANDLER = "package.module:function"
 EXPECT_PREFLIGHT_TTL = "integer number of seconds from 0 to 86400"
 EXPECT_PARAM_NAME = "parameter name of 1-64 characters from A-Z a-z 0-9 _ . -"
 EXPECT_HEADER_NAME = "header name that is an RFC 9110 token"
-EXPECT_HEADER_VALUE = "header value without CR or LF"
+EXPECT_HEADER_VALUE = "header value without CR or LF"  # and ISO-8859-1 text: HTTP/1.1 field values are bytes
 EXPECT_UNRESERVED_HEADER = (
     "header name the gateway does not set itself (not Host, Content-Length, Content-Type, Transfer-Encoding, "
     "Connection, a hop-by-hop name, X-Sidecar-Invocation-Type or X-Mashery-Message-ID)"
@@ -770,7 +770,7 @@ class _Compiler:
         value, missing = expand_environment(entry.value, self.ctx.environ)
         for variable in missing:
             self.error(key, ENV_VAR_NOT_SET.format(name=variable))
-        if any(ch in value for ch in HEADER_VALUE_FORBIDDEN):
+        if any(ch in value for ch in HEADER_VALUE_FORBIDDEN) or not _latin1(value):
             self.error(key, INVALID_VALUE.format(expected=EXPECT_HEADER_VALUE))
             return
         if not missing:
@@ -962,3 +962,12 @@ def check_timeout_sum(pre: ProcessorPlan | None, post: ProcessorPlan | None, *, 
     reported_on = configured[-1].point  # post when both are set (pre is listed first)
     return [Problem(Level.ERROR, TIMEOUT, TIMEOUT_SUM_EXCEEDED, where=f"{service_id}/{endpoint_id}",
                     point=reported_on.value)]
+
+
+def _latin1(value: str) -> bool:
+    """HTTP/1.1 sends field values as bytes; text outside ISO-8859-1 cannot be sent as-is (RFC 9110 §5.5)."""
+    try:
+        value.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True

@@ -21,12 +21,13 @@ READ_TIMEOUT_S = 5.0  # slow clients are dropped (slowloris on the admin port)
 
 
 class AdminServer:
-    def __init__(self, host: str, port: int, *, ready: Callable[[], bool], token: str | None = None,
+    def __init__(self, host: str, port: int, *, ready: Callable[[], bool], token: Callable[[], str | None],
                  multiprocess: bool = False) -> None:
+        """``token`` is read per request, so a reload that changes ``admin.token`` applies at once."""
         self.host = host
         self.port = port
         self._ready = ready
-        self._token = token.encode() if token else None
+        self._token = token
         self._multiprocess = multiprocess
         self._server: asyncio.base_events.Server | None = None
 
@@ -60,13 +61,14 @@ class AdminServer:
         if len(parts) != 3:
             return 400, b"text/plain", b"bad request\n"
         method, target, _ = parts
-        if self._token is not None:
+        token = self._token()
+        if token:
             presented = b""
             for line in lines[1:]:
                 name, _, value = line.partition(b":")
                 if name.strip().lower() == b"authorization":
                     presented = value.strip()
-            if not hmac.compare_digest(presented, b"Bearer " + self._token):
+            if not hmac.compare_digest(presented, b"Bearer " + token.encode()):
                 return 401, b"text/plain", b"unauthorized\n"
         if method not in (b"GET", b"HEAD"):
             return 405, b"text/plain", b"method not allowed\n"

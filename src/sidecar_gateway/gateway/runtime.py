@@ -76,6 +76,10 @@ class RuntimeHolder:
         self.ready = False
 
     @property
+    def ready_runtime(self) -> bool:
+        return self._current is not None
+
+    @property
     def current(self) -> Runtime:
         assert self._current is not None  # set in start(); the server calls nothing before lifespan startup
         return self._current
@@ -88,20 +92,30 @@ class RuntimeHolder:
         await self._services.start()
 
     def reload(self, plan: GatewayPlan) -> None:
+        """Swap in a runtime for ``plan``.  Changed ``sidecar`` settings get new services (client pool, caches,
+        queue, worker threads); the old ones are closed once the calls that use them have finished."""
         assert self._services is not None
         old = self._current
+        old_services = None
+        if old is not None and plan.sidecar != old.plan.sidecar:
+            old_services = self._services
+            self._services = SidecarServices.create(plan.sidecar)
+            asyncio.get_running_loop().create_task(self._services.start())
         self._current = Runtime(plan, self._services)
-        log_event(logging.INFO, "config_reloaded", endpoints=len(plan.endpoints))
+        log_event(logging.INFO, "config_reloaded", endpoints=len(plan.endpoints),
+                  sidecar_settings_changed=old_services is not None)
         if old is not None:
-            asyncio.get_running_loop().create_task(self._retire(old))
+            asyncio.get_running_loop().create_task(self._retire(old, old_services))
 
     @staticmethod
-    async def _retire(old: Runtime) -> None:
+    async def _retire(old: Runtime, old_services: SidecarServices | None) -> None:
         waited = 0.0
         while old.inflight > 0 and waited < RETIRE_MAX_S:
             await asyncio.sleep(RETIRE_POLL_S)
             waited += RETIRE_POLL_S
         await old.aclose()
+        if old_services is not None:
+            await old_services.aclose()
 
     async def stop(self) -> None:
         if self._current is not None:

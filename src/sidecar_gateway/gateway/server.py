@@ -33,6 +33,7 @@ from ..observability.logs import AccessLog, configure_logging, log_event
 from ..observability.looplag import monitor_loop_lag
 from .admin import AdminServer
 from .app import GatewayApp
+from .protocol import LimitedHttpToolsProtocol
 from .runtime import RuntimeHolder
 
 __all__ = ["ServeOptions", "serve"]
@@ -67,7 +68,7 @@ def _uvicorn_config(app: GatewayApp) -> uvicorn.Config:
     return uvicorn.Config(
         app,
         loop="uvloop",
-        http="httptools",
+        http=LimitedHttpToolsProtocol,  # httptools + request-head size/count/time limits (protocol.py)
         ws="none",
         lifespan="on",
         access_log=False,
@@ -111,7 +112,7 @@ async def _serve_worker(plan: GatewayPlan, opts: ServeOptions, sock: socket.sock
     admin = None
     if with_admin:
         admin = AdminServer(plan.admin_host, plan.admin_port, ready=lambda: server.started,
-                            token=plan.admin_token)
+                            token=lambda: holder.current.plan.admin_token if holder.ready_runtime else plan.admin_token)
         await admin.start()
 
     async def flush_logs() -> None:
@@ -191,7 +192,8 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
     async def supervise() -> int:
         loop = asyncio.get_running_loop()
         stopping = asyncio.Event()
-        admin = AdminServer(plan.admin_host, plan.admin_port, token=plan.admin_token, multiprocess=True,
+        current = {"token": plan.admin_token}
+        admin = AdminServer(plan.admin_host, plan.admin_port, token=lambda: current["token"], multiprocess=True,
                             ready=lambda: all(f.is_set() and p.is_alive() for p, f in workers))
         await admin.start()
 
@@ -201,6 +203,7 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
                 log_event(logging.ERROR, "reload_rejected", config=opts.config_path)
                 _log_problems(result.problems)
                 return
+            current["token"] = result.plan.admin_token
             for p, _ in workers:
                 if p.pid is not None and p.is_alive():
                     os.kill(p.pid, signal.SIGHUP)

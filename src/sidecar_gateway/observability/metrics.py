@@ -52,7 +52,7 @@ sidecar_output_cache_lookups = Counter("sidecar_output_cache_lookups_total", "Ou
                                        (*_SC, "result"), registry=REGISTRY)
 sidecar_nonblocking_dropped = Counter("sidecar_nonblocking_dropped_total", "Non-blocking invocations dropped",
                                       _SC, registry=REGISTRY)
-sidecar_nonblocking_queue_depth = Gauge("sidecar_nonblocking_queue_depth", "Non-blocking queue length", ("point",),
+sidecar_nonblocking_queue_depth = Gauge("sidecar_nonblocking_queue_depth", "Non-blocking queue length",
                                         registry=REGISTRY, multiprocess_mode="livesum")
 
 

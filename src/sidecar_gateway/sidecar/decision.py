@@ -158,11 +158,12 @@ class NonBlockingQueue:
                 log_event(logging.WARNING, "nonblocking_queue_full", service_id=plan.service_id,
                           endpoint_id=plan.endpoint_id)
             return
-        sidecar_nonblocking_queue_depth.labels(job.processor.plan.point.value).set(self._queue.qsize())
+        sidecar_nonblocking_queue_depth.set(self._queue.qsize())
 
     async def _work(self) -> None:
         while True:
             job = await self._queue.get()
+            sidecar_nonblocking_queue_depth.set(self._queue.qsize())
             try:
                 await job.processor.run_detached(job)
             except Exception as exc:  # never affects any call (§9.4)

@@ -66,7 +66,7 @@ _FIXED_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 # Headers the contract sets itself: a configured ``header.<name>`` with one of these names is dropped (with a
 # warning at construction) so that the §8.1 protocol headers cannot be overridden or duplicated.
 _RESERVED_NAMES = frozenset(
-    name.lower() for name in (b"Content-Type", b"Accept", _INVOCATION_TYPE_HEADER, _MESSAGE_ID_HEADER)
+    name.lower() for name in (b"Content-Type", _INVOCATION_TYPE_HEADER, _MESSAGE_ID_HEADER)
 )
 
 
@@ -140,8 +140,11 @@ class HttpTransport:
                             conn.url, name)
                 continue
             configured.append((raw_name, value.encode("latin-1")))
+        # A configured header.Accept replaces the default Accept (it is not reserved by §2.5).
+        overridden = {name.lower() for name, _ in configured}
+        fixed = tuple(h for h in _FIXED_HEADERS if h[0].lower() not in overridden)
         self._headers: dict[InvocationType, tuple[tuple[bytes, bytes], ...]] = {
-            itype: (*_FIXED_HEADERS, (_INVOCATION_TYPE_HEADER, itype.value.encode("ascii")), *configured)
+            itype: (*fixed, (_INVOCATION_TYPE_HEADER, itype.value.encode("ascii")), *configured)
             for itype in InvocationType
         }
 
