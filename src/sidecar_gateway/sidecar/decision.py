@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import time
 from collections import OrderedDict
@@ -216,7 +217,10 @@ class Processor:
         self._pf_labels = (plan.service_id, plan.endpoint_id, Point.PREFLIGHT.value)
         self._pf_duration = sidecar_invocation_duration.labels(*self._pf_labels, plan.stack.value)
         self._use_cache = plan.output_cache and plan.mode is Mode.REQUEST_RESPONSE and not plan.shadow
-        self._cache_prefix = f"{plan.service_id}:{plan.endpoint_id}:{plan.point.value}:"
+        # The configuration's fingerprint is part of the key: after a reload that changes the processor, outputs
+        # cached for the old configuration are never served (they age out of the LRU).
+        fingerprint = hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
+        self._cache_prefix = f"{plan.service_id}:{plan.endpoint_id}:{plan.point.value}:{fingerprint}:"
 
     # -- public -------------------------------------------------------------------------------------------------
 
