@@ -44,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     from .localrunner.__main__ import add_arguments as add_runner_arguments
 
     add_runner_arguments(fserve)
+    invoke = sub.add_parser("invoke", help="send one pre/post input to a function and explain its output")
+    from .invoke import add_arguments as add_invoke_arguments
+
+    add_invoke_arguments(invoke)
     demo = sub.add_parser("demo", help="run the demo: gateway + example backend + example functions")
     demo.add_argument("--port", type=int, default=8080)
     demo.add_argument("--smoke", action="store_true", help="run the demo calls, check the answers, and exit")
@@ -93,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .localrunner.__main__ import run as run_functions
 
         return run_functions(args)
+    if args.command == "invoke":
+        from .invoke import run as run_invoke
+
+        return run_invoke(args)
     if args.command == "demo":
         from .demo import main as demo_main
 
