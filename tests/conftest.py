@@ -80,3 +80,70 @@ def http() -> Iterator[Any]:
     s = session()
     yield s
     s.close()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Secrets never logged (issue 5): at the end of the session every gateway and Lambda-runner log written under
+# pytest's temporary directories is scanned for the secrets the suite used.  The masked form (``abc1…``) is fine.
+# --------------------------------------------------------------------------------------------------------------
+
+# Module-level names whose string values are secrets, collected from every test module that ran (so the list
+# cannot drift from the tests): package keys, AWS secret keys, ExternalIds, bearer/back-end tokens.
+SECRET_NAMES = (
+    "ACTIVE_KEY", "OTHER_KEY", "DISABLED_KEY", "UNKNOWN_KEY", "JWT_KEY", "BARE_KEY", "NOJWT_KEY",
+    "GATEWAY_SECRET", "TEST_SECRET_KEY", "SECRET_KEY", "SUITE_SECRET_KEY", "EXTERNAL_ID", "BACKEND_SECRET",
+    "BEARER", "ADMIN_TOKEN",
+)
+# Secrets written inline in tests (bearer tokens, ExternalIds, admin tokens).
+LITERAL_SECRETS = (
+    "qwertyuiopasdfghjklzxcvbnm", "first-token", "second-token", "client-own-token", "gateway-token", "ext-id-42",
+    "ext-id-from-ssm-42",
+)
+SECRET_MIN_LENGTH = 8  # shorter values ("abc", "x") would match innocent text
+SCANNED_LOGS = ("gw*.stdout", "gw*.stderr", "lambda-runner.log")
+
+
+def _suite_secrets(session: pytest.Session) -> set[str]:
+    secrets = set(LITERAL_SECRETS)
+    for module in {item.module for item in session.items if getattr(item, "module", None) is not None}:
+        for name in SECRET_NAMES:
+            value = getattr(module, name, None)
+            if isinstance(value, str):
+                secrets.add(value)
+    from support import gateway_proc, lambda_runner
+
+    secrets |= {gateway_proc.ACTIVE_KEY, gateway_proc.OTHER_KEY, gateway_proc.DISABLED_KEY,
+                lambda_runner.TEST_SECRET_KEY}
+    return {s for s in secrets if len(s) >= SECRET_MIN_LENGTH}
+
+
+def find_logged_secrets(root: Path, secrets: set[str]) -> list[str]:
+    """``path: secret`` for every scanned log file under ``root`` that contains a secret in clear."""
+    found = []
+    for pattern in SCANNED_LOGS:
+        for path in sorted(root.rglob(pattern)):
+            try:
+                text = path.read_bytes().decode("utf-8", "replace")
+            except OSError:
+                continue
+            found += [f"{path}: {secret[:4]}… in clear" for secret in sorted(secrets) if secret in text]
+    return found
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    if factory is None or not session.items:
+        return
+    try:
+        root = factory.getbasetemp()
+    except Exception:  # no temporary directory was ever made
+        return
+    leaks = find_logged_secrets(root, _suite_secrets(session))
+    if not leaks:
+        return
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_sep("=", "secrets found in gateway logs", red=True)
+        for line in leaks:
+            reporter.write_line(line)
+    session.exitstatus = pytest.ExitCode.TESTS_FAILED

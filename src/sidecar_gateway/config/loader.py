@@ -56,14 +56,17 @@ from .plan import (
 from .problems import Level, Problem, has_errors
 from .processor import check_timeout_sum, compile_processor
 from .schema import (
+    ADMIN_TOKEN_REQUIRED,
     DEFAULT_ADMIN_LISTEN,
     DEFAULT_LISTEN,
     DEFAULT_TIMEOUT_S,
     GATEWAY_ERROR_TYPE,
+    AdminSpec,
     EndpointSpec,
     GatewayFileSpec,
     SidecarSpec,
     is_header_token,
+    is_loopback_host,
 )
 
 __all__ = ["LoadResult", "load_config", "load_config_text"]
@@ -286,6 +289,7 @@ class _Loader:
         self._cross_check(data)
         if spec is not None and spec.admin is not None and spec.admin.listen == spec.listen and spec.listen[1] != 0:
             self.error("admin.listen", "Invalid value: an address different from listen")
+        self._check_admin_token(data.get("admin"))
         settings = self._settings(data.get("sidecar"))
         processors = self._compile_processors(data, settings)
 
@@ -335,6 +339,18 @@ class _Loader:
             for j, endpoint in enumerate(_items(service.get("endpoints"))):
                 if isinstance(endpoint, dict):
                     yield f"services[{i}].endpoints[{j}]", service, endpoint
+
+    def _check_admin_token(self, raw: Any) -> None:
+        """The admin listener off loopback needs a bearer token (/metrics and /readyz must not be open to the
+        network).  Checked on the ``admin`` block alone, so it is reported even when other parts are invalid."""
+        if not isinstance(raw, dict):
+            return
+        try:
+            admin = AdminSpec.model_validate(raw)
+        except ValidationError:
+            return  # reported by the whole-file validation
+        if admin.token is None and not is_loopback_host(admin.listen[0]):
+            self.error("admin.token", ADMIN_TOKEN_REQUIRED)
 
     def _cross_check(self, data: dict[Any, Any]) -> None:
         self._unique(

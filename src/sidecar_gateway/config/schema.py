@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from .plan import Target
 
 __all__ = [
+    "ADMIN_TOKEN_REQUIRED",
     "DEFAULT_ADMIN_LISTEN",
     "DEFAULT_LISTEN",
     "DEFAULT_MAX_REQUEST_BODY",
@@ -52,6 +53,7 @@ __all__ = [
     "SidecarSpec",
     "invalid",
     "is_header_token",
+    "is_loopback_host",
 ]
 
 # Defaults written in gateway-config.md.
@@ -356,9 +358,24 @@ class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False, frozen=True)
 
 
+ADMIN_TOKEN_REQUIRED = "admin.token is required when admin.listen is not a loopback address"
+
+
+def is_loopback_host(host: str) -> bool:
+    """A listen host that only this machine can reach: a loopback address (127.0.0.0/8, ::1) or ``localhost``
+    (RFC 6761 §6.3).  Every other name or address (``0.0.0.0``, ``::``, a LAN address) is reachable from
+    elsewhere."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 class AdminSpec(_Spec):
     listen: Listen = DEFAULT_ADMIN_LISTEN
-    token: NonBlank | None = None  # optional bearer token for the admin listener
+    token: NonBlank | None = None  # bearer token; required when listen is not loopback (ADMIN_TOKEN_REQUIRED)
 
 
 class ApiKeySpec(_Spec):

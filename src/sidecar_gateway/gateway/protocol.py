@@ -276,10 +276,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.close()
 
     def _bad_request(self) -> None:
-        """uvicorn's answer to a malformed request, but never in the middle of a pipelined response."""
-        if self._response_in_progress():
-            self._reject(None)
-            return
+        """uvicorn's answer to a malformed request, but never written into the middle of a response."""
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if self._in_head or not cycle.more_body:  # a later, pipelined request is malformed
+                self._reject(None)
+                return
+            if cycle.response_started:  # this request's body is malformed and its answer already started
+                self._rejected = True
+                self.transport.close()
+                return
         self.logger.warning("Invalid HTTP request received.")
         self._rejected = True
         self._cancel_header_timer()

@@ -36,6 +36,8 @@ class Match:
 
 def check_remainder(remainder: str) -> None:
     """Reject dot segments, encoded slashes and broken escapes in the remainder (gateway-config "Paths")."""
+    if "\\" in remainder:  # some backends (IIS, Windows file servers) treat '\' as '/': never forward it
+        raise ClientError(ErrorCode.BAD_REQUEST)
     if ("." in remainder or "%" in remainder) and (_DOT_SEGMENT.search(remainder) or _BAD_ESCAPE.search(remainder)):
         raise ClientError(ErrorCode.BAD_REQUEST)
 

@@ -112,7 +112,7 @@ async def _serve_worker(plan: GatewayPlan, opts: ServeOptions, sock: socket.sock
     admin = None
     if with_admin:
         admin = AdminServer(plan.admin_host, plan.admin_port, ready=lambda: server.started,
-                            token=lambda: holder.current.plan.admin_token if holder.ready_runtime else plan.admin_token)
+                            token=lambda: _admin_token(plan, holder.current.plan if holder.ready_runtime else plan))
         await admin.start()
 
     async def flush_logs() -> None:
@@ -203,7 +203,7 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
                 log_event(logging.ERROR, "reload_rejected", config=opts.config_path)
                 _log_problems(result.problems)
                 return
-            current["token"] = result.plan.admin_token
+            current["token"] = _admin_token(plan, result.plan)
             for p, _ in workers:
                 if p.pid is not None and p.is_alive():
                     os.kill(p.pid, signal.SIGHUP)
@@ -242,6 +242,26 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
         return uvloop.run(supervise())
     finally:
         shutil.rmtree(mp_dir, ignore_errors=True)
+
+
+def _admin_token(started: GatewayPlan, now: GatewayPlan) -> str | None:
+    """The token in force.  ``admin.listen`` only changes at restart, so a reload that drops the token (e.g.
+    because its file moved the listener to loopback) keeps the old one while the running listener is not on
+    loopback."""
+    if now.admin_token or _is_loopback(started.admin_host):
+        return now.admin_token
+    return started.admin_token
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _mark_dead(pid: int | None) -> None:
