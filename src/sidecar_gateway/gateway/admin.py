@@ -47,6 +47,9 @@ class AdminServer:
             writer.close()
             return
         status, ctype, body = self._route(head[:MAX_REQUEST_HEAD])
+        if body is _RENDER_METRICS:
+            # Rendering can take tens of ms with many endpoints: never on the loop that serves traffic.
+            body = await asyncio.get_running_loop().run_in_executor(None, render_metrics, self._multiprocess)
         writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                      % (status, _REASONS[status], ctype, len(body)) + body)
         try:
@@ -78,9 +81,11 @@ class AdminServer:
         if path == b"/readyz":
             return (200, b"text/plain", b"ready\n") if self._ready() else (503, b"text/plain", b"not ready\n")
         if path == b"/metrics":
-            return 200, b"text/plain; version=0.0.4; charset=utf-8", render_metrics(self._multiprocess)
+            return 200, b"text/plain; version=0.0.4; charset=utf-8", _RENDER_METRICS
         return 404, b"text/plain", b"not found\n"
 
+
+_RENDER_METRICS = b"<render>"  # sentinel: _handle renders the metrics off the event loop
 
 _REASONS = {200: b"OK", 400: b"Bad Request", 401: b"Unauthorized", 404: b"Not Found", 405: b"Method Not Allowed",
             503: b"Service Unavailable"}

@@ -240,8 +240,7 @@ class GatewayApp:
             if sidecar is not None and sidecar.post is not None:
                 try:
                     if sidecar.needs_response_body:
-                        async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
-                            response.body = await upstream.read()
+                        response.body = await self._read_backend_body(upstream, deadline)
                     termination = await sidecar.run_post(call, backend, response)
                 except BaseException:
                     upstream.close()
@@ -285,6 +284,18 @@ class GatewayApp:
         epr.metrics.upstream_duration.observe(elapsed)
         record["upstream_ms"] = round(elapsed * 1000, 3)
         return upstream
+
+    @staticmethod
+    async def _read_backend_body(upstream: HttpResponse, deadline: float) -> bytes:
+        """The whole backend body, for a post-processor that expands it; a broken or late body is the backend's
+        failure (502/504), exactly as a broken or late head would be."""
+        try:
+            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
+                return await upstream.read()
+        except TimeoutError:
+            raise BackendFailure(ErrorCode.BACKEND_TIMEOUT) from None
+        except ReadError:
+            raise BackendFailure(ErrorCode.BACKEND_UNAVAILABLE) from None
 
     @staticmethod
     def _termination_reply(termination: Any, endpoint: Any, use_error_set: bool) -> Reply:

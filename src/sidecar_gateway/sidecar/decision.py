@@ -215,7 +215,8 @@ class Processor:
         self._verdict_skipped = sidecar_verdicts.labels(*labels, "skipped", mode)
         self._duration = sidecar_invocation_duration.labels(*labels, plan.stack.value)
         self._pf_labels = (plan.service_id, plan.endpoint_id, Point.PREFLIGHT.value)
-        self._pf_duration = sidecar_invocation_duration.labels(*self._pf_labels, plan.stack.value)
+        self._pf_duration = (sidecar_invocation_duration.labels(*self._pf_labels, plan.stack.value)
+                             if plan.preflight else None)  # bound only when used: every child is a scraped series
         self._use_cache = plan.output_cache and plan.mode is Mode.REQUEST_RESPONSE and not plan.shadow
         # The configuration's fingerprint is part of the key: after a reload that changes the processor, outputs
         # cached for the old configuration are never served (they age out of the LRU).
