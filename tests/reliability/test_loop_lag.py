@@ -8,8 +8,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import pytest
-
 from support.backend import BackendServer
 from support.faulty import FaultyServer, LoopLag, parse_loop_lag
 from support.gateway_proc import config, endpoint, service, session
