@@ -1,45 +1,53 @@
 """The pooled keep-alive HTTP/1.1 client behind a tiny interface of our own.
 
-Used by the proxy (backend calls) and by the ``http`` and ``aws-lambda`` transports.  Today it is backed by
-aiohttp, tuned for a proxy: no cookie jar, no automatic decompression, no default headers we did not ask for,
-raw (already percent-encoded) URLs.  The interface (``HttpClient.request`` → ``HttpResponse``) is what the rest
-of the code sees, so a hand-written httptools pool can replace it without touching callers (performance issue).
+Used by the proxy (backend calls) and by the ``http`` and ``aws-lambda`` transports.  The interface
+(``HttpClient.request`` → ``HttpResponse``) is what the rest of the code sees.  Two implementations:
 
-Foreign exceptions are translated at this edge (httpcore ``map_exceptions``) into ``ConnectError`` (nothing was
-exchanged with the server: refused, DNS, TLS) and ``ReadError`` (the exchange broke: reset, malformed answer,
-truncated body).  Timeouts are the caller's: wrap calls in ``asyncio.timeout``.
+* ``fastpool.HttpClient`` (default): our own pool on ``httptools`` + asyncio protocols (performance issue: the
+  upstream client was the gateway's bottleneck).
+* ``AiohttpClient`` (below): aiohttp, tuned for a proxy: no cookie jar, no automatic decompression, no default
+  headers we did not ask for, raw (already percent-encoded) URLs.  Selected with
+  ``SIDECAR_GATEWAY_HTTP_CLIENT=aiohttp`` (read once, at import).
+
+Both raise the same classes (defined in ``http11``): ``ConnectError`` (nothing was exchanged with the server:
+refused, DNS, TLS) and ``ReadError`` (the exchange broke: reset, malformed answer, truncated body), translated
+from foreign exceptions at this edge (httpcore ``map_exceptions``).  Timeouts are the caller's: wrap calls in
+``asyncio.timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import aiohttp
 from yarl import URL
 
-__all__ = ["ConnectError", "HttpClient", "HttpResponse", "ReadError", "TransportError"]
+from . import fastpool
+from .http11 import CONNECT_TIMEOUT_S, KEEPALIVE_TIMEOUT_S, ConnectError, ReadError, TransportError
+
+__all__ = [
+    "CLIENT_ENV",
+    "AiohttpClient",
+    "AiohttpResponse",
+    "ConnectError",
+    "HttpClient",
+    "HttpResponse",
+    "ReadError",
+    "TransportError",
+]
+
+CLIENT_ENV = "SIDECAR_GATEWAY_HTTP_CLIENT"  # "aiohttp" selects the fallback; anything else the httptools pool
 
 # Bounds (style rule 12).
-CONNECT_TIMEOUT_S = 10.0  # a TCP/TLS connect never waits longer, whatever the caller's deadline (curl: 300, Envoy: 5)
-KEEPALIVE_TIMEOUT_S = 30.0  # idle pooled connections are closed after this (nginx keepalive_timeout 60, Envoy 1h)
+# CONNECT_TIMEOUT_S and KEEPALIVE_TIMEOUT_S are shared with the httptools pool (http11).
 READ_CHUNK = 64 * 1024  # streaming chunk size: big enough to amortise a syscall, small enough to bound memory
 MAX_FIELD_SIZE = 16 * 1024  # one response header line (aiohttp default 8190; Apache 8190, nginx 4-8k large buffers)
-
-
-class TransportError(Exception):
-    """Base of the errors this client raises."""
-
-
-class ConnectError(TransportError):
-    """No connection could be made (refused, DNS, TLS handshake): the request never reached the server."""
-
-
-class ReadError(TransportError):
-    """The connection broke or the answer was malformed after the request was (possibly) sent."""
 
 
 @contextlib.contextmanager
@@ -56,7 +64,7 @@ def _to_str_headers(headers: Iterable[tuple[bytes, bytes]]) -> list[tuple[str, s
     return [(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers]
 
 
-class HttpResponse:
+class AiohttpResponse:
     """A response whose head has arrived.  Read the body with ``read`` or ``iter_chunks``, then ``release``."""
 
     __slots__ = ("_resp", "headers", "status")
@@ -88,7 +96,7 @@ class HttpResponse:
         """Drop the connection (used when the body is abandoned half-way)."""
         self._resp.close()
 
-    async def __aenter__(self) -> HttpResponse:
+    async def __aenter__(self) -> AiohttpResponse:
         return self
 
     async def __aexit__(self, et: type[BaseException] | None, e: BaseException | None,
@@ -99,7 +107,7 @@ class HttpResponse:
             self.release()
 
 
-class HttpClient:
+class AiohttpClient:
     """One pool of keep-alive connections for the whole process (created on the running loop)."""
 
     def __init__(self, *, limit: int = 0, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -122,7 +130,7 @@ class HttpClient:
         self.requests = 0
 
     async def request(self, method: str, url: str, headers: Iterable[tuple[bytes, bytes]],
-                      body: bytes | AsyncIterable[bytes] | None = None) -> HttpResponse:
+                      body: bytes | AsyncIterable[bytes] | None = None) -> AiohttpResponse:
         """Send a request; return when the response head has arrived.  ``url`` is absolute and already
         percent-encoded (it is sent as-is).  Redirects are never followed."""
         self.requests += 1
@@ -136,7 +144,7 @@ class HttpClient:
                 compress=None,
                 chunked=None,
             )
-        return HttpResponse(resp)
+        return AiohttpResponse(resp)
 
     async def aclose(self) -> None:
         await self._session.close()
@@ -145,4 +153,12 @@ class HttpClient:
         conns = getattr(self._connector, "_conns", {})
         idle = sum(len(v) for v in conns.values())
         acquired = len(getattr(self._connector, "_acquired", ()))
-        return f"<HttpClient requests={self.requests} active={acquired} idle={idle}>"
+        return f"<AiohttpClient requests={self.requests} active={acquired} idle={idle}>"
+
+
+if TYPE_CHECKING:  # callers annotate with the default implementation; both have the same interface
+    from .fastpool import HttpClient, HttpResponse
+elif os.environ.get(CLIENT_ENV, "").strip().lower() == "aiohttp":
+    HttpClient, HttpResponse = AiohttpClient, AiohttpResponse
+else:
+    HttpClient, HttpResponse = fastpool.HttpClient, fastpool.HttpResponse

@@ -1,0 +1,692 @@
+"""One HTTP/1.1 client connection on ``httptools``: request encoding, response parsing, flow control.
+
+Rules of this file (h11 ``_state.py`` style):
+
+* It knows one connection and one exchange at a time; it never decides whether a connection is reused.  That is
+  the pool's job (``fastpool.py``), which asks the predicates ``is_idle``, ``has_expired``, ``is_closed`` and
+  ``is_reusable`` and calls ``close``.
+* Everything that can be computed without a socket is a pure function here (``split_url``,
+  ``encode_request_head``, ``encode_chunk``) and is tested with literal byte strings.
+* The exchange state is one enum, ``ExchangeState``; body framing is another, ``Framing``.  No loose booleans
+  stand in for either.
+* Errors leave this file as ``ConnectError`` (nothing was exchanged: refused, DNS, TLS handshake) or
+  ``ReadError`` (the exchange broke after the request was possibly sent: reset, premature EOF, malformed or
+  oversized answer), the two families of httpcore ``_exceptions.py``.  Misuse by our own code (a header with
+  CR/LF, a body that contradicts its Content-Length header) is a ``ValueError`` raised before any byte is written.
+
+Theory of operation.  ``connect`` opens a transport with ``loop.create_connection`` and an ``Http11Connection``
+protocol (no streams: one less layer of buffering and futures).  ``start_request`` writes the whole request head
+(and a bytes body) in one ``transport.write``; a streamed body is written by ``send_body_stream``, which the
+client runs as a task next to ``receive_head`` so that a server answering (or echoing) before it has read the
+whole body cannot deadlock us.  Each response gets a fresh ``httptools.HttpResponseParser`` whose callbacks
+collect the head and queue body chunks; reading pauses above ``READ_HIGH_WATER`` buffered bytes and resumes
+when the reader drains the queue (Envoy ``ChunkQueue`` watermarks).  Writing honours ``pause_writing`` /
+``resume_writing`` (uvicorn ``flow_control.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import re
+import ssl
+from collections import deque
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import NamedTuple
+
+import httptools
+
+__all__ = [
+    "CONNECT_TIMEOUT_S",
+    "KEEPALIVE_TIMEOUT_S",
+    "MAX_HEADER_COUNT",
+    "MAX_HEAD_BYTES",
+    "READ_HIGH_WATER",
+    "ConnectError",
+    "ExchangeState",
+    "Framing",
+    "Http11Connection",
+    "Origin",
+    "ReadError",
+    "RequestHead",
+    "TransportError",
+    "connect",
+    "encode_chunk",
+    "encode_request_head",
+    "split_url",
+]
+
+# Bounds (style rule 12).
+CONNECT_TIMEOUT_S = 10.0  # a TCP/TLS connect never waits longer, whatever the caller's deadline (curl: 300, Envoy: 5)
+KEEPALIVE_TIMEOUT_S = 30.0  # idle pooled connections are closed after this (nginx keepalive_timeout 60, Envoy 1h)
+MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response (Envoy max_response_headers_kb 60; h11 16 KiB)
+MAX_HEADER_COUNT = 100  # response header lines (Envoy max_headers_count 100; Apache LimitRequestFields 100)
+READ_HIGH_WATER = 256 * 1024  # buffered body bytes before pause_reading (Envoy ChunkQueue: resume below half)
+READ_LOW_WATER = READ_HIGH_WATER // 2
+COALESCE_BODY_MAX = 64 * 1024  # bytes bodies up to this go out in the head's write (one syscall; copy is cheap)
+URL_CACHE_SIZE = 1024  # parsed authorities kept (backend origins come from configuration: a few dozen)
+
+# uvicorn httptools_impl HEADER_RE / HEADER_VALUE_RE: names are RFC 9110 tokens; values carry no control
+# characters but HTAB (RFC 9110 §5.5: CR, LF and NUL are never allowed).
+_HEADER_NAME_BAD = re.compile(rb'[\x00-\x20\x7f-\xff()<>@,;:\[\]={}\\"/?]').search
+_HEADER_VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]").search
+_TOKEN_BAD = _HEADER_NAME_BAD  # a method is a token too
+_TARGET_BAD = re.compile(r"[\x00-\x20\x7f-\U0010ffff]").search  # the URL arrives percent-encoded: ASCII only
+_URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)", re.S)
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})  # aiohttp/requests send Content-Length: 0 when bodiless
+_LINE_END = b"\r\n"
+_CHUNKED_END = b"0\r\n\r\n"
+_TE_CHUNKED = b"transfer-encoding: chunked\r\n"
+_CL_ZERO = b"content-length: 0\r\n"
+
+
+class TransportError(Exception):
+    """Base of the errors this client raises."""
+
+
+class ConnectError(TransportError):
+    """No connection could be made (refused, DNS, TLS handshake): the request never reached the server."""
+
+
+class ReadError(TransportError):
+    """The connection broke or the answer was malformed after the request was (possibly) sent."""
+
+
+def _read_error(message: str, cause: BaseException | None = None) -> ReadError:
+    err = ReadError(message)
+    err.__cause__ = cause
+    return err
+
+
+class Origin(NamedTuple):
+    """The pool key: connections are shared only between requests to the same scheme, host and port."""
+
+    scheme: str
+    host: str  # IPv6 literals without brackets
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+
+class ExchangeState(enum.Enum):
+    """Where the connection's current exchange is."""
+
+    IDLE = "idle"  # no request in flight: fresh, or pooled between requests
+    AWAIT_HEAD = "await-head"  # the request head was written; the response status line and headers are awaited
+    BODY = "body"  # the response head was delivered; body bytes are arriving
+    COMPLETE = "complete"  # the response ended; the connection waits to be released or closed
+    CLOSED = "closed"  # the exchange broke (``error`` says why) or the connection was closed; never reused
+
+
+class Framing(enum.Enum):
+    """How the response body is delimited (RFC 9112 §6.3)."""
+
+    NONE = "none"  # HEAD, 1xx, 204, 304: no body whatever the headers say
+    LENGTH = "length"  # Content-Length
+    CHUNKED = "chunked"  # Transfer-Encoding: chunked
+    UNTIL_CLOSE = "until-close"  # neither: the body ends when the server closes; never reusable
+
+
+# --------------------------------------------------------------------------------------------- pure functions
+
+_authorities: dict[tuple[str, str], tuple[Origin, bytes]] = {}
+
+
+def split_url(url: str) -> tuple[Origin, bytes, bytes]:
+    """``url`` (absolute, already percent-encoded) → (origin, request target, default Host header value)."""
+    m = _URL_RE.match(url)
+    if m is None:
+        raise ValueError(f"not an absolute http(s) URL: {url!r}")
+    scheme, authority, target = m.groups()
+    key = (scheme, authority)
+    cached = _authorities.get(key)
+    if cached is None:
+        cached = _parse_authority(scheme.lower(), authority)
+        if len(_authorities) >= URL_CACHE_SIZE:
+            _authorities.clear()
+        _authorities[key] = cached
+    if not target:
+        target = "/"
+    elif target[0] == "?":
+        target = "/" + target
+    if _TARGET_BAD(target):
+        raise ValueError(f"request target has characters that must be percent-encoded: {target!r}")
+    return cached[0], target.encode("ascii"), cached[1]
+
+
+def _parse_authority(scheme: str, authority: str) -> tuple[Origin, bytes]:
+    if scheme not in _DEFAULT_PORTS:
+        raise ValueError(f"unsupported URL scheme {scheme!r}")
+    if "@" in authority:
+        raise ValueError("credentials in the URL are not supported")
+    host, port_text = authority, ""
+    if authority.startswith("["):
+        end = authority.find("]")
+        if end < 0:
+            raise ValueError(f"bad IPv6 literal in {authority!r}")
+        host, rest = authority[1:end], authority[end + 1 :]
+        if rest:
+            if rest[0] != ":":
+                raise ValueError(f"bad authority {authority!r}")
+            port_text = rest[1:]
+    elif ":" in authority:
+        host, _, port_text = authority.rpartition(":")
+    if not host or _TARGET_BAD(host) or any(c in host for c in "/?#[]"):
+        raise ValueError(f"bad host in {authority!r}")
+    default = _DEFAULT_PORTS[scheme]
+    if port_text:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"bad port in {authority!r}")
+        port = int(port_text)
+    else:
+        port = default
+    host = host.lower()
+    shown = f"[{host}]" if ":" in host else host
+    host_header = shown if port == default else f"{shown}:{port}"
+    return Origin(scheme, host, port), host_header.encode("ascii")
+
+
+class RequestHead(NamedTuple):
+    """An encoded request head and the framing the body must follow."""
+
+    data: bytes
+    content_length: int | None  # a streamed body must be exactly this long; None with ``chunked``
+    chunked: bool
+    keep_alive: bool  # False when the caller sent ``Connection: close``
+
+
+_methods: dict[str, bytes] = {}
+
+
+def encode_request_head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]], host: bytes,
+                        body: bytes | None, streamed: bool) -> RequestHead:
+    """Validate and encode the request line and headers.
+
+    The caller's ``Host`` is kept (one is added from the URL if absent).  Framing: a bytes body gets
+    ``Content-Length`` (the caller's must agree); a streamed body keeps the caller's ``Content-Length`` (the
+    writer enforces it) or is sent ``chunked``; no body gets ``Content-Length: 0`` for POST/PUT/PATCH.
+    Raises ``ValueError`` on control characters or contradictory framing: nothing has been written then.
+    """
+    line = _methods.get(method)
+    if line is None:
+        raw = method.encode("ascii")
+        if not raw or _TOKEN_BAD(raw):
+            raise ValueError(f"bad method {method!r}")
+        line = _methods.setdefault(method, raw + b" ")
+    parts = [line, target, b" HTTP/1.1\r\n"]
+    append = parts.append
+    has_host = False
+    content_length: bytes | None = None
+    transfer_encoding: bytes | None = None
+    keep_alive = True
+    for name, value in headers:
+        if _HEADER_NAME_BAD(name) or not name:
+            raise ValueError(f"invalid header name {name!r}")
+        if _HEADER_VALUE_BAD(value):
+            raise ValueError(f"invalid value for header {name!r}")
+        lname = name.lower()
+        if lname == b"host":
+            has_host = True
+        elif lname == b"content-length":
+            if content_length is not None:
+                raise ValueError("more than one Content-Length header")
+            content_length = value
+            continue  # written below, once, after validation
+        elif lname == b"transfer-encoding":
+            transfer_encoding = value
+            continue
+        elif lname == b"connection" and b"close" in value.lower():
+            keep_alive = False
+        append(b"%b: %b\r\n" % (name, value))
+    if not has_host:
+        append(b"host: %b\r\n" % host)
+
+    length: int | None = None
+    chunked = False
+    if content_length is not None:
+        text = content_length.strip()
+        if not text.isdigit():
+            raise ValueError(f"invalid Content-Length {content_length!r}")
+        length = int(text)
+    if streamed:
+        if length is not None:
+            if transfer_encoding is not None:
+                raise ValueError("both Content-Length and Transfer-Encoding given")
+            append(b"content-length: %d\r\n" % length)
+        else:
+            if transfer_encoding is not None and transfer_encoding.strip().lower() != b"chunked":
+                raise ValueError(f"unsupported Transfer-Encoding {transfer_encoding!r}")
+            chunked = True
+            append(_TE_CHUNKED)
+    else:
+        if transfer_encoding is not None:
+            raise ValueError("Transfer-Encoding given with a bytes body")
+        size = len(body) if body else 0
+        if length is not None and length != size:
+            raise ValueError(f"Content-Length {length} disagrees with a {size}-byte body")
+        if size or length is not None:
+            append(b"content-length: %d\r\n" % size)
+        elif method in _BODY_METHODS:
+            append(_CL_ZERO)
+        length = size
+    append(_LINE_END)
+    return RequestHead(b"".join(parts), length, chunked, keep_alive)
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One chunk of a chunked body (RFC 9112 §7.1); empty data would end the body, so the caller skips it."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
+
+
+# ---------------------------------------------------------------------------------------------- the protocol
+
+
+class _ParseAbort(Exception):
+    """Raised inside a parser callback to stop parsing; ``_pending_error`` holds the ReadError to report."""
+
+
+class Http11Connection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection, driven by the pool: one exchange at a time."""
+
+    __slots__ = (
+        "_buffer",
+        "_buffered",
+        "_conn_header_close",
+        "_conn_header_keep_alive",
+        "_drain_waiter",
+        "_error",
+        "_framing_hint",
+        "_head_bytes",
+        "_head_is_head",
+        "_head_raw",
+        "_header_count",
+        "_interim",
+        "_lost",
+        "_parser",
+        "_pending_error",
+        "_read_paused",
+        "_request_keep_alive",
+        "_transport",
+        "_waiter",
+        "_write_paused",
+        "framing",
+        "headers",
+        "idle_since",
+        "keep_alive",
+        "loop",
+        "on_lost",
+        "origin",
+        "request_sent",
+        "requests",
+        "response_started",
+        "state",
+        "status",
+    )
+
+    def __init__(self, origin: Origin, loop: asyncio.AbstractEventLoop) -> None:
+        # per connection
+        self.origin = origin
+        self.loop = loop
+        self._transport: asyncio.Transport | None = None
+        self.requests = 0
+        self.idle_since = loop.time()
+        self.on_lost: Callable[[Http11Connection], None] | None = None  # the pool's hook for idle losses
+        self._lost = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._read_paused = False
+        # per exchange
+        self.state = ExchangeState.IDLE
+        self._parser: httptools.HttpResponseParser | None = None
+        self._error: ReadError | None = None
+        self._pending_error: ReadError | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._buffer: deque[bytes] = deque()
+        self._buffered = 0
+        self._reset_exchange(False, True)
+
+    def _reset_exchange(self, is_head: bool, request_keep_alive: bool) -> None:
+        self._head_is_head = is_head
+        self._request_keep_alive = request_keep_alive
+        self.status = 0
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.framing = Framing.NONE
+        self.keep_alive = False
+        self.request_sent = False
+        self.response_started = False
+        self._interim = False
+        self._head_bytes = 0
+        self._head_raw = 0
+        self._header_count = 0
+        self._framing_hint = Framing.UNTIL_CLOSE
+        self._conn_header_close = False
+        self._conn_header_keep_alive = False
+
+    # ------------------------------------------------------------------------------------------ predicates
+
+    @property
+    def is_closed(self) -> bool:
+        return self._lost or self.state is ExchangeState.CLOSED
+
+    @property
+    def is_idle(self) -> bool:
+        return self.state is ExchangeState.IDLE and not self._lost
+
+    def has_expired(self, now: float) -> bool:
+        """Idle for longer than ``KEEPALIVE_TIMEOUT_S``, or already closed: not worth a request."""
+        return self.is_closed or (self.state is ExchangeState.IDLE and now - self.idle_since > KEEPALIVE_TIMEOUT_S)
+
+    @property
+    def is_reusable(self) -> bool:
+        """The response ended cleanly, both sides agreed to keep the connection, the request went out whole."""
+        return (self.state is ExchangeState.COMPLETE and self.keep_alive and self.request_sent
+                and not self._lost and self._transport is not None and not self._transport.is_closing())
+
+    # ---------------------------------------------------------------------------------- asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
+        state = self.state
+        if state is ExchangeState.BODY and self.framing is Framing.UNTIL_CLOSE and exc is None:
+            self.state = ExchangeState.COMPLETE  # a read-until-close body ends here (RFC 9112 §6.3 rule 8)
+            self.keep_alive = False
+        elif state is ExchangeState.AWAIT_HEAD or state is ExchangeState.BODY:
+            what = "before the response head" if state is ExchangeState.AWAIT_HEAD else "mid-body"
+            detail = f": {exc}" if exc else ""
+            self._fail(_read_error(f"connection to {self.origin} closed {what}{detail}", exc))
+        elif state is ExchangeState.IDLE:
+            self.state = ExchangeState.CLOSED
+        self._wake()
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    def eof_received(self) -> None:
+        return None  # let the transport close; connection_lost decides what the EOF meant
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        drain = self._drain_waiter
+        if drain is not None and not drain.done():
+            drain.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        state = self.state
+        if state is ExchangeState.AWAIT_HEAD or state is ExchangeState.BODY:
+            self.response_started = True
+            try:
+                self._parser.feed_data(data)  # type: ignore[union-attr]
+            except httptools.HttpParserCallbackError as exc:
+                self._fail(self._pending_error or _read_error(f"malformed response from {self.origin}", exc))
+                return
+            except httptools.HttpParserUpgrade as exc:
+                self._fail(_read_error(f"{self.origin} switched protocols; upgrades are not supported", exc))
+                return
+            except httptools.HttpParserError as exc:
+                self._fail(_read_error(f"malformed response from {self.origin}: {exc}", exc))
+                return
+            if self.state is ExchangeState.AWAIT_HEAD:
+                self._head_raw += len(data)  # bounds an unfinished head, whose lines httptools accumulates
+                if self._head_raw > MAX_HEAD_BYTES:
+                    self._fail(_read_error(f"response head from {self.origin} exceeds {MAX_HEAD_BYTES} bytes"))
+        elif state is ExchangeState.COMPLETE:
+            self.keep_alive = False  # bytes after the end of the response: the framing is not to be trusted
+        elif state is ExchangeState.IDLE:
+            self.close()  # unsolicited bytes on an idle connection (RFC 9112 §9.3.2): never reuse it
+
+    # ---------------------------------------------------------------------------------- parser callbacks
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self.state is not ExchangeState.AWAIT_HEAD:
+            return  # a second message after the response: data_received marks the connection unusable
+        self._header_count += 1
+        self._head_bytes += len(name) + len(value) + 4
+        if self._header_count > MAX_HEADER_COUNT:
+            self._pending_error = _read_error(f"response from {self.origin} has more than {MAX_HEADER_COUNT} headers")
+            raise _ParseAbort
+        if self._head_bytes > MAX_HEAD_BYTES:
+            self._pending_error = _read_error(f"response head from {self.origin} exceeds {MAX_HEAD_BYTES} bytes")
+            raise _ParseAbort
+        lname = name.lower()
+        self.headers.append((lname, value))
+        if lname == b"content-length":
+            self._framing_hint = Framing.LENGTH
+        elif lname == b"transfer-encoding":
+            if value.lower().rstrip().endswith(b"chunked"):
+                self._framing_hint = Framing.CHUNKED
+        elif lname == b"connection":
+            tokens = value.lower()
+            if b"close" in tokens:
+                self._conn_header_close = True
+            elif b"keep-alive" in tokens:
+                self._conn_header_keep_alive = True
+
+    def on_headers_complete(self) -> None:
+        if self.state is not ExchangeState.AWAIT_HEAD:
+            self.keep_alive = False
+            return
+        parser = self._parser
+        status = parser.get_status_code()  # type: ignore[union-attr]
+        if status < 200:
+            if status == 101:
+                self._pending_error = _read_error(f"{self.origin} answered 101; upgrades are not supported")
+                raise _ParseAbort
+            self._interim = True  # 1xx (RFC 9110 §15.2): skip it, the final response follows
+            self.headers = []
+            self._header_count = 0
+            self._framing_hint = Framing.UNTIL_CLOSE
+            self._conn_header_close = self._conn_header_keep_alive = False
+            return
+        self.status = status
+        if parser.get_http_version() == "1.0":  # type: ignore[union-attr]
+            keep_alive = self._conn_header_keep_alive and not self._conn_header_close
+        else:
+            keep_alive = not self._conn_header_close
+        if self._head_is_head or status == 204 or status == 304:
+            framing = Framing.NONE
+        else:
+            framing = self._framing_hint
+            if framing is Framing.UNTIL_CLOSE:
+                keep_alive = False
+        self.framing = framing
+        self.keep_alive = keep_alive and self._request_keep_alive
+        self.state = ExchangeState.COMPLETE if framing is Framing.NONE else ExchangeState.BODY
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.state is not ExchangeState.BODY:
+            self.keep_alive = False  # e.g. a HEAD answer with a body: do not trust this connection again
+            return
+        self._buffer.append(body)
+        self._buffered += len(body)
+        if self._buffered > READ_HIGH_WATER and not self._read_paused and self._transport is not None:
+            self._read_paused = True
+            self._transport.pause_reading()
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if self.state is ExchangeState.BODY:
+            self.state = ExchangeState.COMPLETE
+            self._wake()
+
+    # --------------------------------------------------------------------------------------- the exchange
+
+    def start_request(self, head: RequestHead, body: bytes | None, is_head: bool) -> None:
+        """Write the request head (and a bytes body) and expect a response."""
+        self._reset_exchange(is_head, head.keep_alive)
+        self._parser = httptools.HttpResponseParser(self)
+        self._error = self._pending_error = None
+        self._buffer.clear()
+        self._buffered = 0
+        self.requests += 1
+        self.state = ExchangeState.AWAIT_HEAD
+        transport = self._transport
+        assert transport is not None  # the pool only hands out connected connections
+        if body:
+            if len(body) <= COALESCE_BODY_MAX:
+                transport.write(head.data + body)
+            else:
+                transport.write(head.data)
+                transport.write(body)
+        else:
+            transport.write(head.data)
+        self.request_sent = True
+
+    def start_streamed_request(self, head: RequestHead, is_head: bool) -> None:
+        """Write the request head only; ``send_body_stream`` follows."""
+        self.start_request(head, None, is_head)
+        self.request_sent = False
+
+    async def send_body_stream(self, body: AsyncIterable[bytes], head: RequestHead) -> None:
+        """Write a streamed body (chunked, or exactly ``head.content_length`` bytes).  Never raises but
+        ``CancelledError``: a failure (including one from the body iterator) breaks the exchange, which the
+        reader sees as ``ReadError``."""
+        transport = self._transport
+        assert transport is not None
+        expected = head.content_length
+        sent = 0
+        try:
+            async for chunk in body:
+                if not chunk:
+                    continue
+                if self._lost or self.state is ExchangeState.CLOSED:
+                    raise _read_error(f"connection to {self.origin} closed while sending the request body")
+                if head.chunked:
+                    transport.write(encode_chunk(chunk))
+                else:
+                    sent += len(chunk)
+                    if expected is not None and sent > expected:
+                        raise _read_error(f"request body longer than its Content-Length {expected}")
+                    transport.write(chunk)
+                if self._write_paused:
+                    await self._drain()
+            if head.chunked:
+                transport.write(_CHUNKED_END)
+            elif expected is not None and sent != expected:
+                raise _read_error(f"request body ended after {sent} of its Content-Length {expected} bytes")
+            self.request_sent = True
+        except asyncio.CancelledError:
+            raise
+        except ReadError as exc:
+            self._fail(exc)
+        except Exception as exc:  # the body iterator failed (client gone, body too large): the exchange is broken
+            self._fail(_read_error(f"request body failed: {exc!r}", exc))
+
+    async def _drain(self) -> None:
+        while self._write_paused and not self._lost:
+            waiter = self._drain_waiter = self.loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    async def receive_head(self) -> None:
+        """Wait for the final response head; ``status`` and ``headers`` are then set."""
+        while self.status == 0:
+            if self._error is not None:
+                raise self._error
+            if self.state is not ExchangeState.AWAIT_HEAD:
+                raise _read_error(f"connection to {self.origin} is closed")
+            await self._wait()
+
+    async def read_body_chunk(self) -> bytes:
+        """The next piece of the body (everything buffered so far); ``b""`` at its end."""
+        while True:
+            buffer = self._buffer
+            if buffer:
+                data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+                buffer.clear()
+                self._buffered = 0
+                if self._read_paused:
+                    self._read_paused = False
+                    if self._transport is not None:
+                        self._transport.resume_reading()
+                return data
+            state = self.state
+            if state is ExchangeState.COMPLETE:
+                return b""
+            if self._error is not None:
+                raise _read_error(str(self._error), self._error.__cause__)
+            if state is not ExchangeState.BODY:
+                raise _read_error(f"no response body in progress on {self.origin}")
+            await self._wait()
+
+    def finish(self) -> None:
+        """The response was consumed and the pool keeps the connection: back to idle."""
+        self.state = ExchangeState.IDLE
+        self._parser = None
+        self.idle_since = self.loop.time()
+
+    def close(self) -> None:
+        """Drop the connection now (abort: unsent and unread bytes are discarded)."""
+        if self.state is not ExchangeState.COMPLETE:
+            if self.state is not ExchangeState.CLOSED and self._error is None:
+                self._error = _read_error(f"connection to {self.origin} was closed")
+            self.state = ExchangeState.CLOSED
+        self.keep_alive = False
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+        self._wake()
+
+    # -------------------------------------------------------------------------------------------- helpers
+
+    def _fail(self, error: ReadError) -> None:
+        if self.state is ExchangeState.COMPLETE or self._error is not None:
+            if self.state is ExchangeState.COMPLETE:
+                self.keep_alive = False
+            return
+        self._error = error
+        self.state = ExchangeState.CLOSED
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.abort()
+        self._wake()
+
+    async def _wait(self) -> None:
+        waiter = self._waiter = self.loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def __repr__(self) -> str:
+        return (f"<Http11Connection {self.origin} state={self.state.name} requests={self.requests}"
+                f"{' lost' if self._lost else ''}>")
+
+
+async def connect(loop: asyncio.AbstractEventLoop, origin: Origin, ssl_context: ssl.SSLContext | None,
+                  timeout_s: float = CONNECT_TIMEOUT_S) -> Http11Connection:
+    """Open a connection to ``origin``; TLS (SNI = host, certificates verified by ``ssl_context``) for https."""
+    conn = Http11Connection(origin, loop)
+    tls = ssl_context if origin.scheme == "https" else None
+    try:
+        async with asyncio.timeout(timeout_s):
+            await loop.create_connection(lambda: conn, origin.host, origin.port, ssl=tls,
+                                         server_hostname=origin.host if tls is not None else None)
+    except TimeoutError as exc:
+        raise ConnectError(f"connect to {origin} timed out after {timeout_s:g}s") from exc
+    except (OSError, ssl.SSLError, ssl.CertificateError) as exc:  # refused, DNS (gaierror), TLS handshake
+        raise ConnectError(f"cannot connect to {origin}: {exc}") from exc
+    return conn
