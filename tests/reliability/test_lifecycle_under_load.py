@@ -36,7 +36,10 @@ IN_FLIGHT = 12
 SLOW_S = 1.5  # backend delay of the in-flight calls: SIGTERM lands in the middle of them
 RELOADS = 20
 RELOAD_GAP_S = 0.15
-FD_SLACK = 8
+# The baseline is taken after sequential warm-up (one pooled upstream connection per origin); under 5 concurrent
+# clients the pool legitimately holds up to 5 per origin (3 origins) until its 30 s idle expiry.  A leak of one
+# descriptor per reload would add >= RELOADS (20), so 18 still catches it.
+FD_SLACK = 18
 
 
 def _http(url: str) -> str:
