@@ -564,11 +564,14 @@ def test_failed_backend_call_runs_no_post_processor(matrix: Matrix, fault: str) 
 POOL_REUSES_CLOSED = (
     "the pool hands a keep-alive connection the server closed (FIN) right after its answer to the next function POST, "
     "which fails with 500 InvalidResponseFromAWSLambdaIn{Pre,Post}Process / 'Error while connecting to AWS lambda.' "
-    "(a few calls in 30); a closed idle connection must never be reused")
+    "(a few calls in 30).  The FIN has not arrived when the connection is reused (checked with MSG_PEEK), and a "
+    "function POST may not be retried (§5.3): a known limitation against servers that close without "
+    "'Connection: close'")
 
 
+# Not strict: the race is timing-dependent (a few calls in 30), so a lucky run must not fail the suite.
 @pytest.mark.parametrize("variant", ["bare", pytest.param("sidecars", marks=pytest.mark.xfail(
-    strict=True, reason="functions on the backend's host:port: " + POOL_REUSES_CLOSED))])
+    strict=False, reason="functions on the backend's host:port: " + POOL_REUSES_CLOSED))])
 def test_backend_closing_keepalive_connections_fails_no_call(matrix: Matrix, variant: str) -> None:
     """A backend closing every connection right after its answer: every one of 30 calls on one client connection
     succeeds (with sidecars: functions on the same host:port never get a connection the backend closed)."""
@@ -581,7 +584,7 @@ def test_backend_closing_keepalive_connections_fails_no_call(matrix: Matrix, var
         assert f"{cid}-pre".encode() in o.body  # the pre modify reached the backend
 
 
-@pytest.mark.xfail(strict=True, reason="function server closing after each answer: " + POOL_REUSES_CLOSED)
+@pytest.mark.xfail(strict=False, reason="function server closing after each answer: " + POOL_REUSES_CLOSED)
 def test_function_closing_keepalive_connections_fails_no_call(matrix: Matrix) -> None:
     """Functions (pre and post) closing every connection right after their answer: all 30 calls succeed, both
     modifies applied."""
