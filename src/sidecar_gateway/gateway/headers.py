@@ -30,24 +30,38 @@ _XFF = b"x-forwarded-for"
 _XFP = b"x-forwarded-proto"
 _XFH = b"x-forwarded-host"
 _FORWARDING = frozenset({_XFF, _XFP, _XFH, MESSAGE_ID, b"host"})
+_SCHEMES = {"http": b"http", "https": b"https"}
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-def _connection_named(headers: list[tuple[bytes, bytes]]) -> frozenset[bytes]:
-    named: set[bytes] = set()
-    for k, v in headers:
-        if k == b"connection":
-            named.update(t.strip().lower() for t in v.split(b","))
-    return frozenset(named)
+_NOT_FORWARDED = HOP_BY_HOP | _FORWARDING  # dropped from the client's headers; the forwarding ones are re-set
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close"})  # the usual Connection values: they name no header
+
+
+def _connection_named(value: bytes) -> set[bytes]:
+    """The header names a ``Connection`` value lists (RFC 9110 §7.6.1), without those dropped anyway."""
+    if value.lower() in _PLAIN_CONNECTION:
+        return set()
+    return {t.strip().lower() for t in value.split(b",")} - HOP_BY_HOP
 
 
 def strip_hop_by_hop(headers: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
     """Headers without hop-by-hop fields (names lower-cased as given by ASGI / our client)."""
-    drop = HOP_BY_HOP
-    if any(k == b"connection" for k, _ in headers):
-        drop = drop | _connection_named(headers)
-    return [(k, v) for k, v in headers if k not in drop]
+    out = []
+    append = out.append
+    named: set[bytes] | None = None
+    for item in headers:
+        if item[0] in HOP_BY_HOP:
+            if item[0] == b"connection":
+                extra = _connection_named(item[1])
+                if extra:
+                    named = extra if named is None else named | extra
+            continue
+        append(item)
+    if named:
+        return [item for item in out if item[0] not in named]
+    return out
 
 
 def _trusted(addr: str, trusted: Sequence[Network]) -> bool:
@@ -77,13 +91,34 @@ def client_address(peer: str, headers: list[tuple[bytes, bytes]], trusted: Seque
 def forward_request_headers(headers: list[tuple[bytes, bytes]], *, peer: str, peer_trusted: bool,
                             scheme: str, host: bytes, backend_host: bytes) -> list[tuple[bytes, bytes]]:
     """The backend request's headers before pre-processing: hop-by-hop removed, Host set to the backend
-    authority, X-Forwarded-* set.  X-Mashery-Message-ID is added by the caller after pre-processing."""
-    out = [(k, v) for k, v in strip_hop_by_hop(headers) if k not in _FORWARDING]
-    prior = b", ".join(v for k, v in headers if k == _XFF) if peer_trusted else b""
-    xff = prior + b", " + peer.encode("latin-1") if prior else peer.encode("latin-1")
-    out.append((b"host", backend_host))
-    out.append((_XFF, xff))
-    out.append((_XFP, scheme.encode("latin-1")))
+    authority, X-Forwarded-* set.  X-Mashery-Message-ID is added by the caller after pre-processing.
+    One pass over the client's headers (the hot path of every call)."""
+    out = []
+    append = out.append
+    named: set[bytes] | None = None
+    prior: list[bytes] | None = None
+    for item in headers:
+        name = item[0]
+        if name in _NOT_FORWARDED:
+            if name == b"connection":
+                extra = _connection_named(item[1])
+                if extra:
+                    named = extra if named is None else named | extra
+            elif name == _XFF and peer_trusted:
+                if prior is None:
+                    prior = []
+                prior.append(item[1])
+            continue
+        append(item)
+    if named:
+        out = [item for item in out if item[0] not in named]
+    peer_b = peer.encode("latin-1")
+    joined = b", ".join(prior) if prior else b""
+    xff = joined + b", " + peer_b if joined else peer_b
+    append = out.append
+    append((b"host", backend_host))
+    append((_XFF, xff))
+    append((_XFP, _SCHEMES.get(scheme) or scheme.encode("latin-1")))
     if host:
-        out.append((_XFH, host))
+        append((_XFH, host))
     return out

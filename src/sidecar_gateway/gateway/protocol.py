@@ -35,10 +35,29 @@ Theory of operation (hot-path cost: a few integer comparisons per callback, no t
 * One header timer per connection, armed at ``connection_made`` (a connection that never sends anything is
   dropped too) and, for later requests, only when a read ends with an incomplete head (the usual head
   arrives in one read and never arms a timer).  It is cancelled when the head is complete.
+* The keep-alive timer is lazy: uvicorn arms a fresh ``call_later`` after every response and cancels it on the
+  next read; here a response only moves a deadline (``_keepalive_deadline``), a read clears it, and at most one
+  timer per connection is pending.  When it fires it closes the connection if the deadline has passed, re-arms
+  for a later deadline, or does nothing while a request is in progress.  Same observable rule as uvicorn: a
+  connection is closed ``timeout_keep_alive`` seconds after its last response unless a byte arrived since.
 * A limit breached in a parser callback raises ``_HeadRejected``; httptools turns it into
   ``HttpParserCallbackError`` (with ours as ``__context__``), which ``data_received`` maps to the answer.
   When a previous (pipelined) response is still being written nothing is written in the middle of it: the
   connection is closed once that response is complete.
+
+The request/response cycle (``_Cycle``) is uvicorn's ``RequestResponseCycle`` made cheaper, with three changes:
+
+* **One write per small response.**  ``http.response.start`` builds the head but holds it back; the first body
+  message is written together with it (one ``transport.write``, one syscall: on loopback a write costs as much
+  as a page of Python).  If the application awaits something before its first body message, a ``call_soon``
+  callback registered with the head writes it at the end of the current event-loop step, so a slow body never
+  delays the head by more than that step.
+* **Headers validated in one regular-expression pass** (``_HEAD_LINES``, the same character classes as uvicorn's
+  ``HEADER_RE`` / ``HEADER_VALUE_RE``) over the encoded header block instead of two searches per field.
+* **Client disconnects cancel the application.**  When the connection is lost before the response is complete,
+  the ASGI task is cancelled with the message ``CLIENT_DISCONNECTED`` (uvicorn only flags the cycle and lets
+  ``receive`` answer ``http.disconnect``).  The scope advertises this in ``extensions`` (``DISCONNECT_EXTENSION``)
+  so the application needs no watcher task of its own; ``receive`` still answers ``http.disconnect`` as before.
 """
 
 from __future__ import annotations
@@ -46,14 +65,19 @@ from __future__ import annotations
 import asyncio
 import http
 import re
+import urllib.parse
+from collections.abc import Callable
 from typing import Any
 
 import httptools
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavailable
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
 __all__ = [
+    "CLIENT_DISCONNECTED",
+    "DISCONNECT_EXTENSION",
     "HEADER_TIMEOUT_S",
     "MAX_FIELD_BYTES",
     "MAX_HEADER_BYTES",
@@ -90,7 +114,25 @@ to the end of its head (slowloris).  nginx ``client_header_timeout`` 60 s and Ap
 ``header=20-40`` are laxer; HAProxy's documented ``timeout http-request 10s`` is our figure: a real client
 sends its head in one round trip."""
 
+CLIENT_DISCONNECTED = "client disconnected"
+"""The message of the ``CancelledError`` the ASGI task receives when its client goes away mid-call."""
+
+DISCONNECT_EXTENSION = "sidecar_gateway.cancel_on_disconnect"
+"""Scope extension present when the server cancels the ASGI task on a client disconnect (see above)."""
+
+_EXTENSIONS: dict[str, dict[str, Any]] = {DISCONNECT_EXTENSION: {}}  # shared by every scope: never mutated
+_ASGI = {"version": "3.0", "spec_version": "2.3"}  # shared by every scope: never mutated
+
 _CONTENT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
+
+# uvicorn ``HEADER_RE`` (name) and ``HEADER_VALUE_RE`` (value) as one pattern over the encoded header lines: a
+# name has none of uvicorn's forbidden characters (so no ':' and no space), a value no control character but
+# HTAB; each line ends with the CRLF we add.  A value carrying CRLF + "name: value" would match as two lines, so
+# the block must also have exactly one LF per field.
+_HEAD_LINES = re.compile(rb'(?:[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
+_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+_METHODS: dict[bytes, str] = {}  # request method bytes → str, filled on first use (a handful of entries)
+_MAX_METHODS = 64  # methods are tokens a client may invent: bound the cache
 
 
 def _plain_response(status: int, text: str) -> bytes:
@@ -122,14 +164,248 @@ class _HeadRejected(Exception):
         self.response = response
 
 
+class _MessageEvent:
+    """``asyncio.Event`` for the one waiter a cycle has (``receive``); the future is made only when waited on."""
+
+    __slots__ = ("_flag", "_loop", "_waiter")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._flag = False
+        self._waiter: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self._flag = True
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def clear(self) -> None:
+        self._flag = False
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    async def wait(self) -> None:
+        while not self._flag:
+            waiter = self._waiter = self._loop.create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+
+class _Cycle:
+    """One request and its response: uvicorn's ``RequestResponseCycle`` (same ASGI behaviour, same errors) with
+    the head held back until the first body message, one-pass header validation and a cancellable task (module
+    docstring)."""
+
+    __slots__ = (  # per connection (copied in): default_headers, flow, logger, loop, on_response, transport
+        "body",
+        "chunked_encoding",
+        "default_headers",
+        "disconnected",
+        "expected_content_length",
+        "flow",
+        "is_head",
+        "keep_alive",
+        "logger",
+        "loop",
+        "message_event",
+        "more_body",
+        "on_response",
+        "pending_head",
+        "response_complete",
+        "response_started",
+        "scope",
+        "task",
+        "transport",
+        "waiting_for_100_continue",
+    )
+
+    def __init__(self, protocol: LimitedHttpToolsProtocol, scope: dict[str, Any], keep_alive: bool) -> None:
+        self.scope = scope
+        self.transport = protocol.transport
+        self.flow = protocol.flow
+        self.loop = protocol.loop
+        self.logger = protocol.logger
+        self.default_headers = protocol.server_state.default_headers
+        self.message_event = _MessageEvent(protocol.loop)
+        self.on_response: Callable[[], None] = protocol.on_response_complete
+        self.task: asyncio.Task[None] | None = None
+        self.is_head = scope["method"] == "HEAD"
+        # connection state
+        self.disconnected = False
+        self.keep_alive = keep_alive
+        self.waiting_for_100_continue = protocol.expect_100_continue
+        # request state
+        self.body = bytearray()
+        self.more_body = True
+        # response state
+        self.response_started = False
+        self.response_complete = False
+        self.chunked_encoding: bool | None = None
+        self.expected_content_length = 0
+        self.pending_head: bytes | None = None  # encoded head not yet written (module docstring)
+
+    # ASGI exception wrapper (uvicorn ``run_asgi``)
+    async def run_asgi(self, app: Any) -> None:
+        try:
+            result = await app(self.scope, self.receive, self.send)
+        except BaseException as exc:
+            self.logger.error("Exception in ASGI application\n", exc_info=exc)
+            if not self.response_started:
+                await self._send_500_response()
+            else:
+                self._flush_head()
+                self.transport.close()
+        else:
+            if result is not None:
+                self.logger.error("ASGI callable should return None, but returned '%s'.", result)
+                self._flush_head()
+                self.transport.close()
+            elif not self.response_started and not self.disconnected:
+                self.logger.error("ASGI callable returned without starting response.")
+                await self._send_500_response()
+            elif not self.response_complete and not self.disconnected:
+                self.logger.error("ASGI callable returned without completing response.")
+                self._flush_head()
+                self.transport.close()
+        finally:
+            self.on_response = _nothing
+
+    async def _send_500_response(self) -> None:
+        await self.send({
+            "type": "http.response.start", "status": 500,
+            "headers": [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", b"21"),
+                        (b"connection", b"close")],
+        })
+        await self.send({"type": "http.response.body", "body": b"Internal Server Error", "more_body": False})
+
+    def _flush_head(self) -> None:
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            if not self.transport.is_closing():
+                self.transport.write(head)
+
+    # ASGI interface
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.flow.write_paused and not self.disconnected:
+            await self.flow.drain()
+        if self.disconnected:
+            return
+        if not self.response_started:
+            if message["type"] != "http.response.start":
+                raise RuntimeError(f"Expected ASGI message 'http.response.start', but got '{message['type']}'.")
+            self._start(message)
+        elif not self.response_complete:
+            if message["type"] != "http.response.body":
+                raise RuntimeError(f"Expected ASGI message 'http.response.body', but got '{message['type']}'.")
+            self._body(message.get("body", b""), message.get("more_body", False))
+        else:
+            raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
+
+    def _start(self, message: dict[str, Any]) -> None:
+        self.response_started = True
+        self.waiting_for_100_continue = False
+        status_code = message["status"]
+        headers = message.get("headers", ())
+        if self.default_headers:
+            headers = self.default_headers + list(headers)
+        lines: list[bytes] = []
+        append = lines.append
+        has_connection_close = False
+        for name, value in headers:
+            name = name.lower()
+            if name in _FRAMING_NAMES:
+                if name == b"content-length":
+                    if self.chunked_encoding is None:
+                        self.expected_content_length = int(value.decode())
+                        self.chunked_encoding = False
+                elif name == b"transfer-encoding":
+                    if value.lower() == b"chunked":
+                        self.expected_content_length = 0
+                        self.chunked_encoding = True
+                elif b"close" in [token.lower().strip() for token in value.split(b",")]:
+                    self.keep_alive = False
+                    has_connection_close = True
+            append(name + b": " + value + b"\r\n")
+        block = b"".join(lines)
+        if _HEAD_LINES.fullmatch(block) is None or block.count(b"\n") != len(lines):
+            for name, value in headers:  # the same errors as uvicorn, in the same order
+                if _HEAD_LINES.fullmatch(name.lower() + b": \r\n") is None:
+                    raise RuntimeError("Invalid HTTP header name.")
+                if _HEAD_LINES.fullmatch(b"x: " + value + b"\r\n") is None:
+                    raise RuntimeError("Invalid HTTP header value.")
+        tail = b"\r\n"
+        if not self.keep_alive and not has_connection_close:
+            tail = b"connection: close\r\n\r\n"
+        if self.chunked_encoding is None and not self.is_head and status_code not in (204, 304):
+            self.chunked_encoding = True  # neither content-length nor transfer-encoding specified
+            tail = b"transfer-encoding: chunked\r\n" + tail
+        self.pending_head = STATUS_LINE[status_code] + block + tail
+        self.loop.call_soon(self._flush_head)
+
+    def _body(self, body: bytes, more_body: bool) -> None:
+        if self.is_head:
+            self.expected_content_length = 0
+            data = b""
+        elif self.chunked_encoding:
+            data = b"%x\r\n%b\r\n" % (len(body), body) if body else b""
+            if not more_body:
+                data += b"0\r\n\r\n"
+        else:
+            num_bytes = len(body)
+            if num_bytes > self.expected_content_length:
+                raise RuntimeError("Response content longer than Content-Length")
+            self.expected_content_length -= num_bytes
+            data = body
+        head = self.pending_head
+        if head is not None:
+            self.pending_head = None
+            data = head + data
+        if data:
+            self.transport.write(data)
+        if not more_body:
+            if self.expected_content_length != 0:
+                raise RuntimeError("Response content shorter than Content-Length")
+            self.response_complete = True
+            self.message_event.set()
+            if not self.keep_alive:
+                self.transport.close()
+            self.on_response()
+
+    async def receive(self) -> dict[str, Any]:
+        if self.waiting_for_100_continue and not self.transport.is_closing():
+            self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+            self.waiting_for_100_continue = False
+        if not self.disconnected and not self.response_complete:
+            self.flow.resume_reading()
+            await self.message_event.wait()
+            self.message_event.clear()
+        if self.disconnected or self.response_complete:
+            return {"type": "http.disconnect"}
+        message = {"type": "http.request", "body": bytes(self.body), "more_body": self.more_body}
+        self.body = bytearray()
+        return message
+
+
+def _nothing() -> None:
+    return None
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol with request-head size, count and time limits (see module docstring)."""
+    """uvicorn's httptools protocol with request-head size, count and time limits and a cheaper request cycle
+    (see module docstring).  The per-request parser callbacks are ours; connection management is uvicorn's."""
 
     def __init__(self, config: Config, server_state: ServerState, app_state: dict[str, Any],
                  _loop: asyncio.AbstractEventLoop | None = None) -> None:
         super().__init__(config, server_state, app_state, _loop)
         # Per-connection state
         self._header_timer: asyncio.TimerHandle | None = None
+        self._keepalive_timer: asyncio.TimerHandle | None = None
+        self._keepalive_deadline = 0.0  # loop time to close an idle connection at; 0: not idle (a read came)
         self._rejected = False  # a limit answer was given: nothing more is parsed on this connection
         # Per-request state
         self._in_head = False  # between on_message_begin and on_headers_complete
@@ -138,6 +414,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0  # raw bytes of reads that ended inside this head (guard, lower bound)
         self._host_fields = 0  # Host header fields seen
         self._host = b""  # the (last) Host value
+        self.url = b""
 
     # -- connection ----------------------------------------------------------------------------------------
 
@@ -147,14 +424,32 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
-        super().connection_lost(exc)
+        if self._keepalive_timer is not None:
+            self._keepalive_timer.cancel()
+            self._keepalive_timer = None
+        self.connections.discard(self)
+        cycle = self.cycle
+        if cycle is not None:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.pending_head = None
+                task = cycle.task
+                if task is not None and not task.done():
+                    task.cancel(CLIENT_DISCONNECTED)
+            cycle.message_event.set()
+        if self.flow is not None:
+            self.flow.resume_writing()
+        if exc is None:
+            self.transport.close()
+        self.parser = None  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
-        self._unset_keepalive_if_required()
+        self._keepalive_deadline = 0.0  # a byte arrived: not idle (uvicorn cancels its keep-alive timer here)
         # Between messages at the start of this read: a request beginning in it begins at its first byte.
-        idle = not self._in_head and (self.cycle is None or not self.cycle.more_body)
+        cycle = self.cycle
+        idle = not self._in_head and (cycle is None or not cycle.more_body)
         self._begins_in_read = 0
         try:
             self.parser.feed_data(data)
@@ -184,10 +479,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if self._header_timer is None:
                 self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._on_header_timeout)
 
-    # -- parser callbacks ----------------------------------------------------------------------------------
+    # -- parser callbacks (uvicorn's, with the limits; the scope is built once the head is complete) ---------
 
     def on_message_begin(self) -> None:
-        super().on_message_begin()
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
         self._in_head = True
         self._begins_in_read += 1
         self._header_bytes = 0
@@ -207,21 +504,111 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             raise _HeadRejected(RESPONSE_HEADERS_TOO_LARGE)
         if len(self.headers) >= MAX_HEADER_FIELDS:
             raise _HeadRejected(RESPONSE_TOO_MANY_HEADERS)
-        # uvicorn's on_header, inlined (one call per field on the hot path)
         name = name.lower()
         if name == b"host":
             self._host_fields += 1
             self._host = value
-        if name == b"expect" and value.lower() == b"100-continue":
+        elif name == b"expect" and value.lower() == b"100-continue":
             self.expect_100_continue = True
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         self._in_head = False
-        self._cancel_header_timer()
-        if self._host_fields != 1 or self.url[:1] != b"/" or _HOST.fullmatch(self._host) is None:
+        if self._header_timer is not None:
+            self._cancel_header_timer()
+        url = self.url
+        if self._host_fields != 1 or url[:1] != b"/" or _HOST.fullmatch(self._host) is None:
             self._settle_host()
-        super().on_headers_complete()
+            url = self.url
+        parser = self.parser
+        http_version = parser.get_http_version()
+        raw_method = parser.get_method()
+        method = _METHODS.get(raw_method)
+        if method is None:
+            method = raw_method.decode("ascii")
+            if len(_METHODS) < _MAX_METHODS:
+                _METHODS[raw_method] = method
+        scope: dict[str, Any] = {
+            "type": "http", "asgi": _ASGI, "http_version": http_version, "server": self.server,
+            "client": self.client, "scheme": self.scheme, "root_path": self.root_path, "headers": self.headers,
+            "state": self.app_state.copy(), "method": method, "extensions": _EXTENSIONS,
+        }
+        self.scope = scope  # type: ignore[assignment]
+        if parser.should_upgrade() and self._should_upgrade():
+            return
+        parsed_url = httptools.parse_url(url)
+        raw_path = parsed_url.path
+        path = raw_path.decode("ascii")
+        if "%" in path:
+            path = urllib.parse.unquote(path)
+        root_path = self.root_path
+        if root_path:
+            scope["path"] = root_path + path
+            scope["raw_path"] = root_path.encode("ascii") + raw_path
+        else:
+            scope["path"] = path
+            scope["raw_path"] = raw_path
+        scope["query_string"] = parsed_url.query or b""
+
+        if self.limit_concurrency is not None and (
+            len(self.connections) >= self.limit_concurrency or len(self.tasks) >= self.limit_concurrency
+        ):
+            app = service_unavailable
+            self.logger.warning("Exceeded concurrency limit.")
+        else:
+            app = self.app
+        existing = self.cycle
+        self.cycle = cycle = _Cycle(self, scope, http_version != "1.0" and parser.should_keep_alive())
+        if existing is None or existing.response_complete:
+            self._start_asgi_task(cycle, app)  # the standard case
+        else:  # pipelined requests queue up
+            self.flow.pause_reading()
+            self.pipeline.appendleft((cycle, app))  # type: ignore[arg-type]
+
+    def _start_asgi_task(self, cycle: Any, app: Any) -> None:
+        task = cycle.task = self.loop.create_task(cycle.run_asgi(app))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
+
+    def on_body(self, body: bytes) -> None:
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.body += body
+        if len(cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        cycle = self.cycle
+        if cycle.response_complete or (self.parser.should_upgrade() and self._should_upgrade()):
+            return
+        cycle.more_body = False
+        cycle.message_event.set()
+
+    def on_response_complete(self) -> None:
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        # Lazy keep-alive timer (module docstring): move the deadline, arm only if none is pending.
+        deadline = self._keepalive_deadline = self.loop.time() + self.timeout_keep_alive
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self.loop.call_at(deadline, self._on_keepalive_timer)
+
+    def _on_keepalive_timer(self) -> None:
+        self._keepalive_timer = None
+        deadline = self._keepalive_deadline
+        if deadline == 0.0 or self.transport.is_closing():
+            return  # a read came since the last response: the next response re-arms
+        if self.loop.time() >= deadline:
+            self.transport.close()
+        else:
+            self._keepalive_timer = self.loop.call_at(deadline, self._on_keepalive_timer)
 
     def _settle_host(self) -> None:
         """RFC 9112 §3.2: exactly one valid ``Host`` (HTTP/1.1), and for an absolute-form request-target the

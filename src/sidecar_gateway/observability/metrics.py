@@ -9,6 +9,7 @@ the aggregate through ``MultiProcessCollector``.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
@@ -16,6 +17,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 __all__ = [
     "REGISTRY",
     "EndpointMetrics",
+    "LazyChild",
     "render_metrics",
     "sidecar_errors",
     "sidecar_invocation_duration",
@@ -63,21 +65,68 @@ loop_lag_max = Gauge("gateway_event_loop_lag_max_seconds", "Largest event-loop l
 
 
 class EndpointMetrics:
-    """Children bound once per endpoint; status children bound on first use."""
+    """One endpoint's children, each bound on first use: a child is ~4 kB (a histogram, 14 buckets each with a
+    lock) and a scraped series, so the 1,000 endpoints of a large configuration cost nothing until called
+    (performance issue: RSS per worker).  After the first call the request path is a slot read."""
 
-    __slots__ = ("_labels", "_status", "request_duration", "upstream_duration")
+    __slots__ = ("_labels", "_request_duration", "_status", "_upstream_duration")
 
     def __init__(self, service_id: str, endpoint_id: str) -> None:
         self._labels = (service_id, endpoint_id)
         self._status: dict[int, Counter] = {}
-        self.upstream_duration = upstream_duration.labels(service_id, endpoint_id)
-        self.request_duration = request_duration.labels(service_id, endpoint_id)
+        self._upstream_duration: Histogram | None = None
+        self._request_duration: Histogram | None = None
+
+    @property
+    def upstream_duration(self) -> Histogram:
+        child = self._upstream_duration
+        if child is None:
+            child = self._upstream_duration = upstream_duration.labels(*self._labels)
+        return child
+
+    @property
+    def request_duration(self) -> Histogram:
+        child = self._request_duration
+        if child is None:
+            child = self._request_duration = request_duration.labels(*self._labels)
+        return child
 
     def count(self, status: int) -> None:
         child = self._status.get(status)
         if child is None:
             child = self._status[status] = requests_total.labels(*self._labels, str(status))
         child.inc()
+
+    def observe(self, status: int, duration_s: float) -> None:
+        """One answered call: ``gateway_requests_total`` by status and ``gateway_request_duration_seconds``."""
+        child = self._status.get(status)
+        if child is None:
+            child = self._status[status] = requests_total.labels(*self._labels, str(status))
+        child.inc()
+        self.request_duration.observe(duration_s)
+
+
+class LazyChild:
+    """A metric child bound on first ``inc``/``observe`` (see ``EndpointMetrics``)."""
+
+    __slots__ = ("_child", "_labels", "_parent")
+
+    def __init__(self, parent: Counter | Histogram, *labels: str) -> None:
+        self._parent = parent
+        self._labels = labels
+        self._child: Any = None
+
+    def inc(self, amount: float = 1) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._parent.labels(*self._labels)
+        child.inc(amount)
+
+    def observe(self, amount: float) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._parent.labels(*self._labels)
+        child.observe(amount)
 
 
 def render_metrics(multiprocess: bool = False) -> bytes:

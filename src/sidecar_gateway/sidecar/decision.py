@@ -36,6 +36,7 @@ from ..config.plan import Mode, ProcessorPlan, SidecarSettings
 from ..errors import ClientError, ErrorCode, FunctionFailure, GatewayError, InvocationError, Point
 from ..observability.logs import log_event
 from ..observability.metrics import (
+    LazyChild,
     sidecar_errors,
     sidecar_invocation_duration,
     sidecar_nonblocking_dropped,
@@ -194,6 +195,20 @@ class NonBlockingQueue:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+# Enum member access costs ~0.2 µs on CPython 3.11: the per-call code reads these aliases (same objects).
+_NON_BLOCKING = Mode.NON_BLOCKING
+_EVENT_MODE = Mode.EVENT
+_REQUEST_RESPONSE_MODE = Mode.REQUEST_RESPONSE
+_REQUEST_RESPONSE = InvocationType.REQUEST_RESPONSE
+_EVENT = InvocationType.EVENT
+_ACCEPTED = ResultKind.ACCEPTED
+_FUNCTION_ERROR = ResultKind.FUNCTION_ERROR
+_TERMINATE = VerdictKind.TERMINATE
+_MODIFY = VerdictKind.MODIFY
+_PREFLIGHT = Point.PREFLIGHT
+_POST = Point.POST
+
+
 class Processor:
     """One configured processor with its transport and pre-bound metric children."""
 
@@ -210,14 +225,15 @@ class Processor:
         labels = (plan.service_id, plan.endpoint_id, plan.point.value)
         self._labels = labels
         mode = "shadow" if plan.shadow else "live"
-        self._verdict = {k: sidecar_verdicts.labels(*labels, k.value, mode) for k in VerdictKind}
-        self._verdict_error = sidecar_verdicts.labels(*labels, "error", mode)
-        self._verdict_skipped = sidecar_verdicts.labels(*labels, "skipped", mode)
-        self._duration = sidecar_invocation_duration.labels(*labels, plan.stack.value)
-        self._pf_labels = (plan.service_id, plan.endpoint_id, Point.PREFLIGHT.value)
-        self._pf_duration = (sidecar_invocation_duration.labels(*self._pf_labels, plan.stack.value)
+        # children bound on first use (``LazyChild``): most of a large configuration's processors never see a call
+        self._verdict = {k: LazyChild(sidecar_verdicts, *labels, k.value, mode) for k in VerdictKind}
+        self._verdict_error = LazyChild(sidecar_verdicts, *labels, "error", mode)
+        self._verdict_skipped = LazyChild(sidecar_verdicts, *labels, "skipped", mode)
+        self._duration = LazyChild(sidecar_invocation_duration, *labels, plan.stack.value)
+        self._pf_labels = (plan.service_id, plan.endpoint_id, _PREFLIGHT.value)
+        self._pf_duration = (LazyChild(sidecar_invocation_duration, *self._pf_labels, plan.stack.value)
                              if plan.preflight else None)  # bound only when used: every child is a scraped series
-        self._use_cache = plan.output_cache and plan.mode is Mode.REQUEST_RESPONSE and not plan.shadow
+        self._use_cache = plan.output_cache and plan.mode is _REQUEST_RESPONSE_MODE and not plan.shadow
         # The configuration's fingerprint is part of the key: after a reload that changes the processor, outputs
         # cached for the old configuration are never served (they age out of the LRU).
         fingerprint = hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
@@ -248,11 +264,11 @@ class Processor:
             except ClientError:
                 raise
             except Exception:
-                raise ClientError(ErrorCode.INPUT_POST if plan.point is Point.POST else ErrorCode.INPUT_PRE) from None
-            if plan.shadow or plan.mode is Mode.NON_BLOCKING:
+                raise ClientError(ErrorCode.INPUT_POST if plan.point is _POST else ErrorCode.INPUT_PRE) from None
+            if plan.shadow or plan.mode is _NON_BLOCKING:
                 self._queue.put(_Job(self, payload, call.message_id, plan.shadow))
                 return None
-            if plan.mode is Mode.EVENT:
+            if plan.mode is _EVENT_MODE:
                 await self._event(payload, call.message_id)
                 return None
             verdict = await self._request_response(payload, call.message_id, plan.point, self._duration)
@@ -269,7 +285,7 @@ class Processor:
         plan = self.plan
         if not job.shadow:
             try:
-                await self._invoke(job.payload, InvocationType.EVENT, job.message_id, plan.point, self._duration)
+                await self._invoke(job.payload, _EVENT, job.message_id, plan.point, self._duration)
                 self._verdict[VerdictKind.ALLOW].inc()
             except GatewayError as err:
                 self._verdict_error.inc()
@@ -279,7 +295,7 @@ class Processor:
                           detail=err.error_message, mode="non-blocking")
             return
         try:
-            verdict = await self._invoke(job.payload, InvocationType.REQUEST_RESPONSE, job.message_id, plan.point,
+            verdict = await self._invoke(job.payload, _REQUEST_RESPONSE, job.message_id, plan.point,
                                          self._duration)
         except GatewayError as err:
             self._verdict_error.inc()
@@ -297,7 +313,7 @@ class Processor:
         """P9 event: wait for acceptance at most ``timeout``; whatever happens, continue (never blocks)."""
         plan = self.plan
         try:
-            await self._invoke(payload, InvocationType.EVENT, message_id, plan.point, self._duration)
+            await self._invoke(payload, _EVENT, message_id, plan.point, self._duration)
             self._verdict[VerdictKind.ALLOW].inc()
         except GatewayError as err:
             self._verdict_error.inc()
@@ -315,19 +331,19 @@ class Processor:
         if use_cache:
             key = self._cache_prefix + point.value + ":" + cache_key(payload)
             hit = self._cache.get(key, time.monotonic())
-            labels = self._pf_labels if point is Point.PREFLIGHT else self._labels
+            labels = self._pf_labels if point is _PREFLIGHT else self._labels
             sidecar_output_cache_lookups.labels(*labels, "hit" if hit is not None else "miss").inc()
             if hit is not None:
                 return hit
         try:
-            verdict = await self._invoke(payload, InvocationType.REQUEST_RESPONSE, message_id, point, duration)
+            verdict = await self._invoke(payload, _REQUEST_RESPONSE, message_id, point, duration)
         except FunctionFailure as err:
             if not plan.fail_safe:
                 raise
             self._count_error(err)
             log_event(logging.WARNING, "sidecar_failed_failsafe", message_id=message_id, service_id=plan.service_id,
                       endpoint_id=plan.endpoint_id, point=point.value, error=err.error_name, detail=err.error_message)
-            (self._verdict_error if point is not Point.PREFLIGHT else _nop).inc()
+            (self._verdict_error if point is not _PREFLIGHT else _nop).inc()
             return _FAILSAFE
         if use_cache:
             ttl_ms = verdict.cache_ttl_ms
@@ -354,11 +370,11 @@ class Processor:
             raise exc.for_point(point) from None
         finally:
             duration.observe(time.perf_counter() - started)
-        if result.kind is ResultKind.ACCEPTED or invocation_type is InvocationType.EVENT:
-            if result.kind is ResultKind.FUNCTION_ERROR and invocation_type is not InvocationType.EVENT:
+        if result.kind is _ACCEPTED or invocation_type is _EVENT:
+            if result.kind is _FUNCTION_ERROR and invocation_type is not _EVENT:
                 raise function_failure(result.body, result.function_error, point)
             return ALLOW
-        if result.kind is ResultKind.FUNCTION_ERROR:
+        if result.kind is _FUNCTION_ERROR:
             raise function_failure(result.body, result.function_error, point)
         return interpret_output(result.body, point, backend_authority=self._authority,
                                 route_hosts=self._route_hosts, now=time.time())
@@ -366,11 +382,11 @@ class Processor:
     async def _preflight(self, call: CallContext, backend: BackendRequest) -> Verdict | None:
         """§9.3: per-package-key call; terminate ends the call; modify applies headers only."""
         payload = build_preflight_input(self.plan, call)
-        verdict = await self._request_response(payload, call.message_id, Point.PREFLIGHT, self._pf_duration,
+        verdict = await self._request_response(payload, call.message_id, _PREFLIGHT, self._pf_duration,
                                                preflight_ttl_s=self.plan.preflight_ttl_s)
-        if verdict.kind is VerdictKind.TERMINATE:
+        if verdict.kind is _TERMINATE:
             return verdict
-        if verdict.kind is VerdictKind.MODIFY and verdict.modification is not None:
+        if verdict.kind is _MODIFY and verdict.modification is not None:
             mod = verdict.modification
             apply_to_request(Modification(drop_headers=mod.drop_headers, add_headers=mod.add_headers), backend)
         return None
@@ -380,9 +396,9 @@ class Processor:
         if verdict is _FAILSAFE:
             return None
         self._verdict[verdict.kind].inc()
-        if verdict.kind is VerdictKind.TERMINATE:
+        if verdict.kind is _TERMINATE:
             return verdict
-        if verdict.kind is VerdictKind.MODIFY and verdict.modification is not None:
+        if verdict.kind is _MODIFY and verdict.modification is not None:
             if response is None:
                 apply_to_request(verdict.modification, backend)
             else:
@@ -390,7 +406,7 @@ class Processor:
         return None
 
     def _count_error(self, err: GatewayError) -> None:
-        labels = self._pf_labels if err.point is Point.PREFLIGHT else self._labels
+        labels = self._pf_labels if err.point is _PREFLIGHT else self._labels
         sidecar_errors.labels(*labels, err.error_name).inc()
 
     async def aclose(self) -> None:

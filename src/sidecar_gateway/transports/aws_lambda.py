@@ -102,6 +102,7 @@ class AwsLambdaTransport:
         self.endpoint = lambda_endpoint(conn.region)
         self.url = invoke_url(self.endpoint, conn.function_arn)
         self._headers = {t: [(_INVOCATION_TYPE, t.value), _CONTENT_TYPE] for t in InvocationType}
+        self._wire = {t: [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h] for t, h in self._headers.items()}
 
     def __repr__(self) -> str:
         return f"<AwsLambdaTransport {self._conn.function_arn} via {self.endpoint}>"
@@ -113,7 +114,7 @@ class AwsLambdaTransport:
         added = sign("POST", self.url, headers, payload, access_key=credentials.access_key,
                      secret_key=credentials.secret_key, session_token=credentials.token,
                      region=self._conn.region, service=SERVICE, timestamp=datetime.now(UTC))
-        wire = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in (*headers, *added)]
+        wire = [*self._wire[invocation_type], *((k.encode("latin-1"), v.encode("latin-1")) for k, v in added)]
         try:
             response = await self._client.request("POST", self.url, wire, payload)
             body = await response.read()

@@ -47,6 +47,7 @@ __all__ = ["ConnectError", "Decision", "HttpClient", "HttpResponse", "OriginPool
 
 # Bounds (style rule 12).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 §9.2.2
+_BYTES_TYPES = (bytes, bytearray, memoryview)
 SWEEP_INTERVAL_S = KEEPALIVE_TIMEOUT_S / 2  # expired idle connections linger at most 1.5× the keep-alive timeout
 
 
@@ -56,6 +57,11 @@ class Decision(enum.Enum):
     REUSE = "reuse"  # an idle connection was checked out
     CREATE = "create"  # a slot was reserved: open a new connection
     WAIT = "wait"  # the origin is at ``max_connections``: queue until a slot or a connection is released
+
+
+# Enum member access costs ~0.2 µs on CPython 3.11: the per-request code reads these aliases (same objects).
+_REUSE = Decision.REUSE
+_WAIT = Decision.WAIT
 
 
 class OriginPool:
@@ -92,7 +98,7 @@ class OriginPool:
                     to_close.append(conn)
                     continue
                 self.active += 1
-                return Decision.REUSE, conn, to_close
+                return _REUSE, conn, to_close
         cap = self.max_connections
         if not cap or self.active + len(idle) < cap:
             self.active += 1
@@ -193,6 +199,20 @@ class HttpResponse:
             raise
         self.release()
 
+    async def read_chunk(self) -> bytes:
+        """The next piece of the body (everything buffered so far); ``b""`` at its end.  The caller releases
+        the response once it has the end (``body_complete`` or ``b""``), or closes it."""
+        conn = self._conn
+        if conn is None:
+            return b""
+        return await conn.read_body_chunk()
+
+    @property
+    def body_complete(self) -> bool:
+        """The whole body has been handed out: the next ``read_chunk`` would return ``b""``."""
+        conn = self._conn
+        return conn is not None and conn.body_drained
+
     def release(self) -> None:
         """Back to the pool if the body was read to the end and the connection is reusable; else closed."""
         conn = self._conn
@@ -247,7 +267,7 @@ class HttpClient:
         if self._closed:
             raise ConnectError("the client is closed")
         origin, target, host = split_url(url)
-        streamed = body is not None and not isinstance(body, bytes | bytearray | memoryview)
+        streamed = body is not None and not isinstance(body, _BYTES_TYPES)
         head = encode_request_head(method, target, headers, host,
                                    None if streamed else body, streamed)  # type: ignore[arg-type]
         pool = self._pools.get(origin)
@@ -289,10 +309,10 @@ class HttpClient:
         decision, conn, to_close = pool.assign(loop.time(), fresh)
         for stale in to_close:
             stale.close()
-        if decision is Decision.REUSE:
+        if decision is _REUSE:
             assert conn is not None
             return conn, True
-        if decision is Decision.WAIT:
+        if decision is _WAIT:
             waiter: asyncio.Future[Http11Connection | None] = loop.create_future()
             pool.waiters.append(waiter)
             try:

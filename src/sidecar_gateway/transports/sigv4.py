@@ -70,6 +70,8 @@ RESERVED_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-tok
 # One derived key per (secret, day, region, service).  A gateway signs for a handful of regions and the
 # assumed-role secrets rotate about hourly; 64 keys cover that with room and cost ~10 kB.
 SIGNING_KEY_CACHE = 64
+# The canonical pieces of a URL are cached per URL: a gateway invokes a few hundred functions at most.
+URL_PARTS_CACHE = 1024
 _PATH_SAFE = "/~"  # botocore ``_normalize_url_path``: RFC 3986 unreserved chars besides alnum and '-._' are safe
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -128,17 +130,25 @@ def canonical_query_string(query: str) -> str:
     return "&".join(f"{name}={value}" for name, value in sorted(pairs))
 
 
-def headers_to_sign(headers: Iterable[tuple[str, str]], url: str) -> dict[str, list[str]]:
+def headers_to_sign(headers: Iterable[tuple[str, str]], url: str, host: str | None = None) -> dict[str, list[str]]:
     """Lower-cased name → values in order, without ``UNSIGNED_HEADERS``; ``host`` added from the URL when
-    the caller did not give one."""
+    the caller did not give one (``host``: that value when the caller already has it)."""
     selected: dict[str, list[str]] = {}
     for name, value in headers:
         lname = name.lower()
         if lname not in UNSIGNED_HEADERS:
             selected.setdefault(lname, []).append(value)
     if "host" not in selected:
-        selected["host"] = [host_from_url(url)]
+        selected["host"] = [host if host is not None else host_from_url(url)]
     return selected
+
+
+@functools.lru_cache(maxsize=URL_PARTS_CACHE)
+def _url_parts(url: str) -> tuple[str, str, str]:
+    """(CanonicalURI, CanonicalQueryString, host) of a URL: the same for every call to one function, so
+    computed once per URL (style rule 3)."""
+    parts = urlsplit(url)
+    return canonical_uri(parts.path), canonical_query_string(parts.query), host_from_url(url)
 
 
 def canonical_headers(headers: dict[str, list[str]]) -> str:
@@ -215,12 +225,11 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
     added = [("X-Amz-Date", request_date_time)]
     if session_token:
         added.append(("X-Amz-Security-Token", session_token))
-    to_sign = headers_to_sign([*given, *added], url)
+    path, query, host = _url_parts(url)
+    to_sign = headers_to_sign([*given, *added], url, host)
     payload_hash = to_sign["x-amz-content-sha256"][0] if "x-amz-content-sha256" in to_sign else hashed_payload(body)
-    parts = urlsplit(url)
     signed = signed_headers(to_sign)
-    creq = canonical_request(method, canonical_uri(parts.path), canonical_query_string(parts.query),
-                             canonical_headers(to_sign), signed, payload_hash)
+    creq = canonical_request(method, path, query, canonical_headers(to_sign), signed, payload_hash)
     scope = credential_scope(request_date_time[:8], region, service)
     sts = string_to_sign(request_date_time, scope, creq)
     if logger.isEnabledFor(logging.DEBUG):
