@@ -407,6 +407,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_deadline = 0.0  # loop time to close an idle connection at; 0: not idle (a read came)
         self._rejected = False  # a limit answer was given: nothing more is parsed on this connection
+        self._shutting_down = False  # graceful shutdown began while a request head was arriving
         # Per-request state
         self._in_head = False  # between on_message_begin and on_headers_complete
         self._begins_in_read = 0  # requests that began during the current data_received
@@ -442,6 +443,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if exc is None:
             self.transport.close()
         self.parser = None  # type: ignore[assignment]
+
+    def shutdown(self) -> None:
+        """Graceful shutdown (SIGTERM).  uvicorn closes a connection with no request in progress at once; a
+        request whose head is still arriving was already sent by the client, so it is answered (with
+        ``Connection: close``) instead of being cut; the header timeout still bounds a client that stalls."""
+        cycle = self.cycle
+        if self._in_head and (cycle is None or cycle.response_complete):
+            self._shutting_down = True
+            return
+        super().shutdown()
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
@@ -558,7 +569,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         else:
             app = self.app
         existing = self.cycle
-        self.cycle = cycle = _Cycle(self, scope, http_version != "1.0" and parser.should_keep_alive())
+        keep_alive = http_version != "1.0" and parser.should_keep_alive() and not self._shutting_down
+        self.cycle = cycle = _Cycle(self, scope, keep_alive)
         if existing is None or existing.response_complete:
             self._start_asgi_task(cycle, app)  # the standard case
         else:  # pipelined requests queue up
