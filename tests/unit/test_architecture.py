@@ -18,7 +18,8 @@ PACKAGE = Path(__file__).resolve().parents[2] / "src" / "sidecar_gateway"
 ALLOWED: dict[str, set[str]] = {
     "config": {"config", "errors"},
     "transports": {"transports", "errors", "config", "observability"},
-    "sidecar": {"sidecar", "errors", "config", "transports", "observability"},
+    "sidecar": {"sidecar", "errors", "config", "transports", "observability", "sdk"},
+    "sdk": {"sdk"},  # standard library only: it is zipped into Lambda functions
     "observability": {"observability", "errors"},
     "gateway": {"gateway", "sidecar", "transports", "config", "errors", "observability"},
 }

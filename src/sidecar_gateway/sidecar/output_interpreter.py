@@ -38,32 +38,14 @@ from urllib.parse import urlsplit
 import orjson
 
 from ..errors import ErrorCode, FunctionFailure, Point
+from ..sdk._validate import FORBIDDEN_HEADERS, MAX_OUTPUT_BYTES, MAX_STATUS, MIN_STATUS
 from .verdict import ALLOW, ChangeRoute, Modification, Termination, Verdict, VerdictKind
 
 __all__ = ["FORBIDDEN_HEADERS", "MAX_OUTPUT_BYTES", "function_failure", "interpret_output"]
 
-MAX_OUTPUT_BYTES = 6 * 1024 * 1024
-"""§4.3 rule 1: an output over 6 MB is invalid (also the AWS Lambda limit for a synchronous response)."""
-
-MIN_STATUS, MAX_STATUS = 200, 599  # §4.2/§4.3 rule 3: terminate.code and completeWithCode
-
-FORBIDDEN_HEADERS = frozenset(
-    {
-        "host",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "te",
-        "trailer",
-        "upgrade",
-        "proxy-authenticate",
-        "proxy-authorization",
-    }
-)
-"""§4.3 rule 4 (§10 Q8): framing, routing and hop-by-hop headers a function may not set or drop; the gateway
-owns them (Content-Length is recomputed when a body is replaced, Host follows ``changeRoute``)."""
+# §4.3 rule 1 (6 MB), rule 3 (status range) and rule 4 (forbidden header names) are defined once, in the
+# function authors' SDK (standard library only: ``sdk/_validate.py``), so the gateway and the SDK's @sidecar
+# validation cannot drift apart.
 
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 """RFC 9110 §5.6.2 ``token = 1*tchar`` (ASCII only)."""
