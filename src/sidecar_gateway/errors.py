@@ -66,6 +66,7 @@ class ErrorCode(enum.Enum):
     BACKEND_UNAVAILABLE = "backend_unavailable"
     BACKEND_TIMEOUT = "backend_timeout"
     INTERNAL = "internal"
+    OVERLOADED = "overloaded"
     # Key authentication (§5.1 P2)
     KEY_NOT_SPECIFIED = "key_not_specified"
     KEY_NOT_RECOGNISED = "key_not_recognised"
@@ -118,6 +119,8 @@ CATALOGUE: dict[ErrorCode, Entry] = {
         _E(ErrorCode.BACKEND_TIMEOUT, "BackendTimeout", "Backend did not answer within the endpoint timeout", 504,
            "warning"),
         _E(ErrorCode.INTERNAL, "InternalError", "The gateway failed to process the request", 500, "error"),
+        _E(ErrorCode.OVERLOADED, "ServiceUnavailable", "The gateway is at its limit of calls in progress", 503,
+           "warning"),
         _E(ErrorCode.KEY_NOT_SPECIFIED, "AuthenticationFailure", "Package Key Not Specified", 403),
         _E(ErrorCode.KEY_NOT_RECOGNISED, "AuthenticationFailure", "Package Key Not Recognised", 403),
         _E(ErrorCode.REQUIRED_HEADER, "RequiredHeaderConditionFailure", "Required Header - {name} Unavailable", 400),

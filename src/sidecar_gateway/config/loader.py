@@ -543,6 +543,7 @@ class _Loader:
             admin_token=spec.admin.token if spec.admin else None,
             trusted_proxies=tuple(spec.trusted_proxies or ()),
             max_request_body=spec.max_request_body,
+            max_inflight=spec.max_inflight,
             endpoints=tuple(endpoints),
             keys=MappingProxyType(keys),
             sidecar=settings,

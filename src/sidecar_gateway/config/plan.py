@@ -24,6 +24,7 @@ from typing import Any
 from ..errors import Point
 
 __all__ = [
+    "DEFAULT_MAX_INFLIGHT",
     "EMPTY_MAP",
     "Application",
     "AwsLambdaConnection",
@@ -45,6 +46,9 @@ __all__ = [
 ]
 
 EMPTY_MAP: Mapping[str, Any] = MappingProxyType({})
+# Admission control: calls in progress per worker before new ones are answered 503 ServiceUnavailable (Envoy's
+# circuit-breaker default is 1,024 requests per cluster; ours covers a whole worker, with slow backends).
+DEFAULT_MAX_INFLIGHT = 4096
 
 
 class Stack(enum.Enum):
@@ -313,6 +317,7 @@ class GatewayPlan:
     admin_token: str | None = None
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     max_request_body: int = 50 * 1024 * 1024
+    max_inflight: int = DEFAULT_MAX_INFLIGHT  # calls in progress per worker; more are answered 503 at once
     endpoints: tuple[EndpointPlan, ...] = ()
     keys: Mapping[str, PackageKey] = field(default_factory=lambda: EMPTY_MAP)
     sidecar: SidecarSettings = SidecarSettings()

@@ -28,7 +28,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 from pydantic_core import PydanticCustomError
 
-from .plan import Target
+from .plan import DEFAULT_MAX_INFLIGHT, Target
 
 __all__ = [
     "ADMIN_TOKEN_REQUIRED",
@@ -464,6 +464,7 @@ class GatewayFileSpec(_Spec):
     trusted_proxies: list[Cidr] | None = None
     admin: AdminSpec | None = None
     max_request_body: ByteSize = DEFAULT_MAX_REQUEST_BODY
+    max_inflight: PositiveInt = DEFAULT_MAX_INFLIGHT
     services: list[ServiceSpec] | None = None
     sidecar: SidecarSpec | None = None
     applications: list[ApplicationSpec] | None = None

@@ -27,7 +27,7 @@ from typing import Any
 
 from ..errors import BackendFailure, ClientError, ErrorCode, GatewayError, InternalError
 from ..observability.logs import AccessLog, log_event
-from ..observability.metrics import unmatched_total
+from ..observability.metrics import overload_rejections_total, unmatched_total
 from ..sidecar.call import BackendRequest, BackendResponse, CallContext, ClientRequest
 from ..transports.pool import ConnectError, HttpResponse, ReadError
 from .headers import MESSAGE_ID, client_address, forward_request_headers, strip_hop_by_hop
@@ -104,6 +104,7 @@ class GatewayApp:
     def __init__(self, holder: RuntimeHolder, access_log: AccessLog | None = None) -> None:
         self.holder = holder
         self.access_log = access_log or AccessLog()
+        self.inflight = 0  # calls in progress in this worker, all runtimes together (admission control)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -130,6 +131,10 @@ class GatewayApp:
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
         runtime = self.holder.current
+        if self.inflight >= runtime.plan.max_inflight:
+            await self._shed(scope, send)
+            return
+        self.inflight += 1
         runtime.inflight += 1
         responder = _Responder(send)
         record: dict[str, Any] = {}
@@ -148,6 +153,7 @@ class GatewayApp:
             else:
                 raise
         finally:
+            self.inflight -= 1
             runtime.inflight -= 1
             elapsed = _perf_counter() - started
             status = record.get("status")
@@ -160,6 +166,21 @@ class GatewayApp:
                 record["duration_ms"] = round(elapsed * 1000, 3)
                 record["ts"] = round(time.time(), 3)
                 self.access_log.write(record)
+
+    async def _shed(self, scope: Scope, send: Send) -> None:
+        """Admission control: ``max_inflight`` calls are in progress in this worker, so this one is answered
+        503 ServiceUnavailable at once (nothing routed, no function or backend called) with ``Retry-After``,
+        and the connection is closed so the client's next attempt may land on a less busy worker.  Answering
+        costs a few microseconds, so overload degrades into fast refusals instead of an unbounded queue."""
+        reply = render_error(GatewayError(ErrorCode.OVERLOADED), None)
+        reply.headers += [(b"retry-after", b"1"), (b"connection", b"close")]
+        overload_rejections_total.inc()
+        if self.access_log.enabled:
+            raw = scope.get("raw_path")
+            self.access_log.write({"method": scope["method"], "path": raw.decode("latin-1") if raw else scope["path"],
+                                   "status": reply.status, "error": "ServiceUnavailable",
+                                   "ts": round(time.time(), 3)})
+        await _Responder(send).reply(reply)
 
     async def _handle(self, rt: Runtime, scope: Scope, receive: Receive, responder: _Responder,
                       record: dict[str, Any]) -> None:

@@ -37,6 +37,9 @@ _SIDECAR_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.
 
 requests_total = Counter("gateway_requests_total", "Client calls answered, by endpoint and status",
                          (*_EP, "status"), registry=REGISTRY)
+overload_rejections_total = Counter("gateway_overload_rejections_total",
+                                   "Client calls answered 503 because max_inflight calls were in progress",
+                                   registry=REGISTRY)
 unmatched_total = Counter("gateway_unmatched_requests_total", "Client calls that matched no endpoint",
                           ("status",), registry=REGISTRY)
 upstream_duration = Histogram("gateway_upstream_duration_seconds",
