@@ -27,8 +27,10 @@ from typing import Any
 
 from ..errors import BackendFailure, ClientError, ErrorCode, GatewayError, InternalError
 from ..observability.logs import AccessLog, log_event
+from ..observability.metrics import flush as flush_metrics
 from ..observability.metrics import overload_rejections_total, unmatched_total
 from ..sidecar.call import BackendRequest, BackendResponse, CallContext, ClientRequest
+from ..transports.deadline import Deadline
 from ..transports.pool import ConnectError, HttpResponse, ReadError
 from .headers import MESSAGE_ID, client_address, forward_request_headers, strip_hop_by_hop
 from .keys import authenticate, find_key, mask_key
@@ -126,6 +128,7 @@ class GatewayApp:
             elif message["type"] == "lifespan.shutdown":
                 await self.holder.stop()
                 self.access_log.flush()
+                flush_metrics()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -337,7 +340,7 @@ class GatewayApp:
                              record: dict[str, Any]) -> HttpResponse:
         t0 = _perf_counter()
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
+            with Deadline(max(deadline, time.monotonic() + MIN_BACKEND_BUDGET_S)):
                 upstream = await rt.client.request(backend.method, backend.uri(), backend.headers, body)
         except TimeoutError:
             raise BackendFailure(ErrorCode.BACKEND_TIMEOUT) from None
@@ -358,7 +361,7 @@ class GatewayApp:
         """The whole backend body, for a post-processor that expands it; a broken or late body is the backend's
         failure (502/504), exactly as a broken or late head would be."""
         try:
-            async with asyncio.timeout(max(deadline - time.monotonic(), MIN_BACKEND_BUDGET_S)):
+            with Deadline(max(deadline, time.monotonic() + MIN_BACKEND_BUDGET_S)):
                 return await upstream.read()
         except TimeoutError:
             raise BackendFailure(ErrorCode.BACKEND_TIMEOUT) from None

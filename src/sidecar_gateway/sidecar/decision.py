@@ -45,6 +45,7 @@ from ..observability.metrics import (
     sidecar_verdicts,
 )
 from ..transports.base import InvocationType, ResultKind, Transport
+from ..transports.deadline import Deadline
 from .apply import apply_to_request, apply_to_response
 from .call import BackendRequest, BackendResponse, CallContext
 from .conditions import check_conditions, check_payload_limits, in_scope
@@ -361,7 +362,7 @@ class Processor:
         deadline = loop.time() + plan.deadline_s
         started = time.perf_counter()
         try:
-            async with asyncio.timeout_at(deadline):
+            with Deadline(time.monotonic() + plan.deadline_s):
                 result = await self.transport.invoke(payload, invocation_type=invocation_type,
                                                      message_id=message_id, deadline=deadline)
         except TimeoutError:
