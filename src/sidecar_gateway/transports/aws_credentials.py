@@ -32,16 +32,15 @@ import functools
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections.abc import Callable, Coroutine, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import botocore.session
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as BotoConnectionError
+if TYPE_CHECKING:
+    import botocore.session
 
 from ..config.plan import AwsLambdaConnection
 from ..errors import ErrorCode, InternalError, InvocationError
@@ -110,14 +109,15 @@ def ssm_parameter_name(external_id_key: str) -> str:
     return external_id_key
 
 
-def _client_error_message(exc: ClientError) -> str:
+def _client_error_message(exc: Any) -> str:
     error = exc.response.get("Error", {})
     return str(error.get("Message") or error.get("Code") or exc)
 
 
 def _client_error_code(exc: BaseException | None) -> str:
-    if isinstance(exc, ClientError):
-        return str(exc.response.get("Error", {}).get("Code", ""))
+    response = getattr(exc, "response", None)  # a botocore ClientError (botocore is imported lazily)
+    if isinstance(response, dict):
+        return str(response.get("Error", {}).get("Code", ""))
     return ""
 
 
@@ -126,12 +126,26 @@ def _map_aws_errors() -> Iterator[None]:
     """Translate botocore exceptions into §5.3 invocation failures (httpcore ``map_exceptions``)."""
     try:
         yield
-    except ClientError as exc:  # an AWS error document
-        raise InvocationError(ErrorCode.AWS_ERROR, detail=_client_error_message(exc)) from exc
-    except (BotoConnectionError, HTTPClientError) as exc:  # refused, DNS, TLS, reset, timeout
-        raise InvocationError(ErrorCode.CONNECTION_FAILURE) from exc
-    except BotoCoreError as exc:  # no credentials, partial credentials, invalid parameters …
-        raise InvocationError(ErrorCode.AWS_ERROR, detail=str(exc)) from exc
+    except Exception as exc:
+        mapped = _mapped_aws_error(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc
+
+
+def _mapped_aws_error(exc: Exception) -> InvocationError | None:
+    if "botocore.exceptions" not in sys.modules:  # botocore is imported lazily: not one of its errors
+        return None
+    from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+    from botocore.exceptions import ConnectionError as BotoConnectionError
+
+    if isinstance(exc, ClientError):  # an AWS error document
+        return InvocationError(ErrorCode.AWS_ERROR, detail=_client_error_message(exc))
+    if isinstance(exc, (BotoConnectionError, HTTPClientError)):  # refused, DNS, TLS, reset, timeout
+        return InvocationError(ErrorCode.CONNECTION_FAILURE)
+    if isinstance(exc, BotoCoreError):  # no credentials, partial credentials, invalid parameters …
+        return InvocationError(ErrorCode.AWS_ERROR, detail=str(exc))
+    return None
 
 
 class AwsCredentialProvider:
@@ -146,12 +160,10 @@ class AwsCredentialProvider:
         # Global: fixed for the provider's life.
         self._ssm_ttl_s = settings_ssm_ttl_s
         self._clock = clock
-        self._session = session if session is not None else botocore.session.get_session()
-        self._client_config = Config(
-            retries={"total_max_attempts": AWS_MAX_ATTEMPTS, "mode": "standard"},
-            connect_timeout=AWS_CONNECT_TIMEOUT_S,
-            read_timeout=AWS_READ_TIMEOUT_S,
-        )
+        # botocore (~10 MB per worker once imported) is loaded on the first AWS lookup, never by a gateway
+        # without aws-lambda processors (performance issue: RSS per worker).
+        self._session_given = session
+        self._botocore: tuple[Any, Any] | None = None  # (session, client Config), under ``_clients_lock``
         self._clients: dict[tuple[str, str], Any] = {}
         self._clients_lock = threading.Lock()  # botocore sessions are not thread-safe; clients are
         # Caches, filled as calls arrive.
@@ -322,6 +334,25 @@ class AwsCredentialProvider:
 
     # -- botocore (worker threads) -----------------------------------------------------------------------------
 
+    @property
+    def _session(self) -> Any:
+        return self._loaded_botocore()[0]
+
+    def _loaded_botocore(self) -> tuple[Any, Any]:
+        """(session, client Config), imported and created on first use; the caller holds ``_clients_lock``."""
+        if self._botocore is None:
+            import botocore.session
+            from botocore.config import Config
+
+            session = self._session_given if self._session_given is not None else botocore.session.get_session()
+            config = Config(
+                retries={"total_max_attempts": AWS_MAX_ATTEMPTS, "mode": "standard"},
+                connect_timeout=AWS_CONNECT_TIMEOUT_S,
+                read_timeout=AWS_READ_TIMEOUT_S,
+            )
+            self._botocore = (session, config)
+        return self._botocore
+
     def _get_chain_credentials(self) -> Any:
         with self._clients_lock:
             return self._session.get_credentials()
@@ -333,6 +364,7 @@ class AwsCredentialProvider:
         with self._clients_lock:
             client = self._clients.get((service, region))
             if client is None:
-                client = self._session.create_client(service, region_name=region, config=self._client_config)
+                session, config = self._loaded_botocore()
+                client = session.create_client(service, region_name=region, config=config)
                 self._clients[(service, region)] = client
             return client
