@@ -37,6 +37,8 @@ __all__ = [
 class Point(enum.Enum):
     """A processing point (§1).  ``PREFLIGHT`` is the [ext] pre-flight call (§9.3); it uses the pre names."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     PRE = "pre"
     POST = "post"
     PREFLIGHT = "preflight"
@@ -57,6 +59,8 @@ _POINT_INPUT_NAMES = {Point.PRE: "PreProcessor", Point.POST: "PostProcessor", Po
 
 class ErrorCode(enum.Enum):
     """Our stable identifiers for catalogue rows (used in logs and the ``sidecar_errors_total`` metric)."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
 
     # Gateway-made (gateway-config.md)
     NOT_FOUND = "not_found"

@@ -54,6 +54,8 @@ DEFAULT_MAX_INFLIGHT = 4096
 class Stack(enum.Enum):
     """Transport of a function (§2.5 ``stack``)."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     AWS_LAMBDA = "aws-lambda"
     HTTP = "http"
     PYTHON = "python"
@@ -61,6 +63,8 @@ class Stack(enum.Enum):
 
 class Mode(enum.Enum):
     """``synchronicity`` (§2.4).  ``NON_BLOCKING`` is [ext] §9.4."""
+
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
 
     REQUEST_RESPONSE = "request-response"
     EVENT = "event"
@@ -73,6 +77,8 @@ class Mode(enum.Enum):
 
 
 class ErrorFormat(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     XML = "xml"
     JSON = "json"
 
@@ -121,6 +127,8 @@ Connection = AwsLambdaConnection | HttpConnection | PythonConnection
 
 
 class ScopeElement(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     REQUEST_HEADER = "requestheader"
     HTTP_VERB = "httpverb"
     RESOURCE_PATH = "resourcepath"

@@ -61,6 +61,8 @@ NONBLOCKING_WARN_INTERVAL_S = 10.0  # §9.4: a full-queue warning at most once p
 class Phase(enum.Enum):
     """Where a client call is (style rule 4).  One call moves strictly along ``TRANSITIONS``."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     PRE_CALL = "pre-call"  # authenticated; the pre-processor (if any) decides
     PROXY = "proxy"  # the backend request is being sent / its head awaited
     POST_CALL = "post-call"  # the backend answered; the post-processor (if any) decides
@@ -98,6 +100,9 @@ class OutputCache:
         self._entries: OrderedDict[str, tuple[float, Verdict]] = OrderedDict()
         self._max = max_entries
         self._max_ttl_s = max_ttl_s
+        # Key prefixes (``serviceId:endpointId:point:fingerprint:point:``) that ever had an entry: a processor
+        # whose function never answered with a cache hint looks nothing up and hashes no input (most don't).
+        self.filled: set[str] = set()
 
     def get(self, key: str, now: float) -> Verdict | None:
         hit = self._entries.get(key)
@@ -114,6 +119,7 @@ class OutputCache:
         ttl_s = min(ttl_ms / 1000.0, self._max_ttl_s)
         if ttl_s <= 0 or self._max <= 0:
             return
+        self.filled.add(key[: key.rindex(":") + 1])
         self._entries[key] = (now + ttl_s, verdict)
         self._entries.move_to_end(key)
         while len(self._entries) > self._max:
@@ -239,6 +245,8 @@ class Processor:
         # cached for the old configuration are never served (they age out of the LRU).
         fingerprint = hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
         self._cache_prefix = f"{plan.service_id}:{plan.endpoint_id}:{plan.point.value}:{fingerprint}:"
+        self._cache_prefixes = {p: f"{self._cache_prefix}{p.value}:" for p in Point}  # enum .value is a call
+        self._lookups: dict[tuple[Point, bool], LazyChild] = {}  # output-cache lookup counters, bound on first use
 
     # -- public -------------------------------------------------------------------------------------------------
 
@@ -330,10 +338,12 @@ class Processor:
         use_cache = self._use_cache or preflight_ttl_s is not None
         key = ""
         if use_cache:
-            key = self._cache_prefix + point.value + ":" + cache_key(payload)
-            hit = self._cache.get(key, time.monotonic())
-            labels = self._pf_labels if point is _PREFLIGHT else self._labels
-            sidecar_output_cache_lookups.labels(*labels, "hit" if hit is not None else "miss").inc()
+            prefix = self._cache_prefixes[point]
+            hit = None
+            if prefix in self._cache.filled:  # else nothing was ever cached here: a miss without hashing
+                key = prefix + cache_key(payload)
+                hit = self._cache.get(key, time.monotonic())
+            self._count_lookup(point, hit is not None)
             if hit is not None:
                 return hit
         try:
@@ -351,8 +361,17 @@ class Processor:
             if ttl_ms is None and preflight_ttl_s:
                 ttl_ms = preflight_ttl_s * 1000
             if ttl_ms:
+                key = key or self._cache_prefixes[point] + cache_key(payload)
                 self._cache.put(key, verdict, ttl_ms, time.monotonic())
         return verdict
+
+    def _count_lookup(self, point: Point, hit: bool) -> None:
+        child = self._lookups.get((point, hit))
+        if child is None:
+            labels = self._pf_labels if point is _PREFLIGHT else self._labels
+            child = self._lookups[(point, hit)] = LazyChild(sidecar_output_cache_lookups, *labels,
+                                                            "hit" if hit else "miss")
+        child.inc()
 
     async def _invoke(self, payload: bytes, invocation_type: InvocationType, message_id: str, point: Point,
                       duration: Any) -> Verdict:

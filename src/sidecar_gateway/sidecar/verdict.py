@@ -14,6 +14,8 @@ __all__ = ["ALLOW", "ChangeRoute", "Modification", "Termination", "Verdict", "Ve
 
 
 class VerdictKind(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     ALLOW = "allow"
     MODIFY = "modify"
     TERMINATE = "terminate"

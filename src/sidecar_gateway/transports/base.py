@@ -19,11 +19,15 @@ __all__ = ["InvocationType", "InvokeResult", "ResultKind", "Transport"]
 class InvocationType(enum.Enum):
     """Lambda ``X-Amz-Invocation-Type`` / HTTP ``X-Sidecar-Invocation-Type`` (§7.1, §8.1)."""
 
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     REQUEST_RESPONSE = "RequestResponse"
     EVENT = "Event"
 
 
 class ResultKind(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; Enum.__hash__ is Python code run per dict lookup
+
     OUTPUT = "output"  # body is the function's output, still to be interpreted (may be empty: "not returned")
     ACCEPTED = "accepted"  # 202, or 200/204 in event mode: allow
     FUNCTION_ERROR = "function_error"  # body is the function's error document; function_error the header value

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
 
 from sidecar_gateway.config.plan import HttpConnection
 from sidecar_gateway.errors import ErrorCode, InvocationError
@@ -68,15 +67,6 @@ _FIXED_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 _RESERVED_NAMES = frozenset(
     name.lower() for name in (b"Content-Type", _INVOCATION_TYPE_HEADER, _MESSAGE_ID_HEADER)
 )
-
-
-@contextlib.contextmanager
-def _map_exceptions() -> Iterator[None]:
-    """Translate the pool's errors into the §5.3 connection-failure row (httpcore ``map_exceptions``)."""
-    try:
-        yield
-    except (ConnectError, ReadError) as exc:
-        raise InvocationError(ErrorCode.CONNECTION_FAILURE, str(exc)) from exc
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -152,13 +142,15 @@ class HttpTransport:
                      deadline: float) -> InvokeResult:
         """POST the input and classify the answer (module docstring).  ``deadline`` is enforced by the caller."""
         headers = [*self._headers[invocation_type], (_MESSAGE_ID_HEADER, message_id.encode("latin-1"))]
-        with _map_exceptions():
+        try:  # the pool's errors are the §5.3 connection-failure row (a plain ``try``: this is the hot path)
             resp = await self._client.request("POST", self._url, headers, payload)
             try:
                 return await self._classify(resp, invocation_type)
             except BaseException:
                 resp.close()  # cancelled at the deadline or failed mid-body: the connection is not reusable
                 raise
+        except (ConnectError, ReadError) as exc:
+            raise InvocationError(ErrorCode.CONNECTION_FAILURE, str(exc)) from exc
 
     async def _classify(self, resp: HttpResponse, invocation_type: InvocationType) -> InvokeResult:
         status = resp.status
