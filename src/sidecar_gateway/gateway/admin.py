@@ -12,8 +12,7 @@ import asyncio
 import hmac
 from collections.abc import Callable
 
-from ..observability.metrics import flush as flush_metrics
-from ..observability.metrics import render_metrics
+from ..observability.metrics import collect, render_metrics
 
 __all__ = ["AdminServer"]
 
@@ -50,8 +49,8 @@ class AdminServer:
         status, ctype, body = self._route(head[:MAX_REQUEST_HEAD])
         if body is _RENDER_METRICS:
             # Rendering can take tens of ms with many endpoints: never on the loop that serves traffic.
-            flush_metrics()  # this process's buffered values (the workers flush their own within a second)
-            body = await asyncio.get_running_loop().run_in_executor(None, render_metrics, self._multiprocess)
+            values = collect(self._multiprocess)  # this process's values, copied on the loop's thread
+            body = await asyncio.get_running_loop().run_in_executor(None, render_metrics, self._multiprocess, values)
         writer.write(b"HTTP/1.1 %d %s\r\nContent-Type: %s\r\nContent-Length: %d\r\nConnection: close\r\n\r\n"
                      % (status, _REASONS[status], ctype, len(body)) + body)
         try:
