@@ -96,6 +96,7 @@ def _error(status_want: int, name: str, detail: str) -> Check:
 
 
 PRE_ERR = "InvalidResponseFromAWSLambdaInPreProcess"
+_SHED = _error(503, "ServiceUnavailable", "The gateway is at its limit of calls in progress")  # max_inflight
 
 
 @dataclass(frozen=True)
@@ -249,6 +250,7 @@ class Tally:
     sent: int = 0
     answered: int = 0
     per_contract: int = 0
+    shed: int = 0  # refused 503 ServiceUnavailable (max_inflight): a documented answer, counted per contract
     lost: int = 0
     by_route: dict[str, Counter[str]] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
@@ -296,6 +298,10 @@ async def _one(session: aiohttp.ClientSession, base: str, route: Route, tally: T
     if route.check(status, headers, body):
         tally.per_contract += 1
         tally.record(route.name, "ok")
+    elif _SHED(status, headers, body):
+        tally.per_contract += 1
+        tally.shed += 1
+        tally.record(route.name, "shed")
     else:
         tally.record(route.name, f"violation {status}")
         if len(tally.violations) < 10:
@@ -446,6 +452,7 @@ def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read
         "sent": tally.sent,
         "answered": tally.answered,
         "answered_per_contract": tally.per_contract,
+        "shed_503": tally.shed,
         "lost": tally.lost,
         "reloads": reloads,
         "last_reload_applied": reload_applied,
@@ -475,6 +482,7 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| requests sent | {s['sent']} |",
         f"| answered | {s['answered']} |",
         f"| answered per contract | {s['answered_per_contract']} |",
+        f"| of which refused 503 ServiceUnavailable (max_inflight) | {s.get('shed_503', 0)} |",
         f"| lost | {s['lost']} |",
         f"| SIGHUP reloads | {s['reloads']} (last applied: {s['last_reload_applied']}) |",
         f"| latency p50 / p90 / p99 / max (ms) | {s['latency_ms']['p50']} / {s['latency_ms']['p90']} / "
