@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import os
 import re
@@ -146,6 +147,14 @@ def _mapped_aws_error(exc: Exception) -> InvocationError | None:
     if isinstance(exc, BotoCoreError):  # no credentials, partial credentials, invalid parameters …
         return InvocationError(ErrorCode.AWS_ERROR, detail=str(exc))
     return None
+
+
+def _freeze_long_lived() -> None:
+    """botocore's session and clients (service models: ~50k objects) live as long as the process but are
+    created after start-up's ``gc.freeze()``: freeze them too, or every full collection walks them (~70 ms of
+    event-loop stall measured with STS + SSM clients).  Objects alive now are moved out of the collector's
+    reach; they are still freed by reference counting."""
+    gc.freeze()
 
 
 class AwsCredentialProvider:
@@ -351,6 +360,7 @@ class AwsCredentialProvider:
                 read_timeout=AWS_READ_TIMEOUT_S,
             )
             self._botocore = (session, config)
+            _freeze_long_lived()
         return self._botocore
 
     def _get_chain_credentials(self) -> Any:
@@ -367,4 +377,5 @@ class AwsCredentialProvider:
                 session, config = self._loaded_botocore()
                 client = session.create_client(service, region_name=region, config=config)
                 self._clients[(service, region)] = client
+                _freeze_long_lived()
             return client
