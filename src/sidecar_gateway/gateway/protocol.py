@@ -45,6 +45,17 @@ Theory of operation (hot-path cost: a few integer comparisons per callback, no t
   When a previous (pipelined) response is still being written nothing is written in the middle of it: the
   connection is closed once that response is complete.
 
+Graceful shutdown (``shutdown()``, called for every connection when SIGTERM drains the worker, see server.py):
+
+* a request in progress is finished and answered with ``Connection: close`` (uvicorn);
+* a request whose head is still arriving was already sent by the client: it is answered too, with
+  ``Connection: close``; the header timeout still bounds a client that stalls;
+* a connection on which no request has begun yet (just accepted, or drained from the accept backlog by the
+  server, its request possibly still unread in the socket buffer) is given ``FIRST_REQUEST_GRACE_S`` for its first
+  request to begin; that request is answered with ``Connection: close``, and a connection that sends nothing in
+  that time is closed without an answer (it asked nothing);
+* an idle keep-alive connection (its last response complete) is closed at once (uvicorn).
+
 The request/response cycle (``_Cycle``) is uvicorn's ``RequestResponseCycle`` made cheaper, with three changes:
 
 * **One write per small response.**  ``http.response.start`` builds the head but holds it back; the first body
@@ -78,6 +89,7 @@ from uvicorn.server import ServerState
 __all__ = [
     "CLIENT_DISCONNECTED",
     "DISCONNECT_EXTENSION",
+    "FIRST_REQUEST_GRACE_S",
     "HEADER_TIMEOUT_S",
     "MAX_FIELD_BYTES",
     "MAX_HEADER_BYTES",
@@ -113,6 +125,12 @@ HEADER_TIMEOUT_S = 10.0
 to the end of its head (slowloris).  nginx ``client_header_timeout`` 60 s and Apache ``mod_reqtimeout``
 ``header=20-40`` are laxer; HAProxy's documented ``timeout http-request 10s`` is our figure: a real client
 sends its head in one round trip."""
+
+FIRST_REQUEST_GRACE_S = 2.0
+"""At graceful shutdown, time left to a connection on which no request has begun for its first request to begin
+(then it is closed without an answer).  A client writes its request right after its connect completes (its first
+bytes follow the handshake's last ACK); this covers a client that is briefly descheduled, while keeping a
+connection that is opened ahead of use (preconnect) from holding the shutdown for the whole header timeout."""
 
 CLIENT_DISCONNECTED = "client disconnected"
 """The message of the ``CancelledError`` the ASGI task receives when its client goes away mid-call."""
@@ -407,7 +425,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._keepalive_timer: asyncio.TimerHandle | None = None
         self._keepalive_deadline = 0.0  # loop time to close an idle connection at; 0: not idle (a read came)
         self._rejected = False  # a limit answer was given: nothing more is parsed on this connection
-        self._shutting_down = False  # graceful shutdown began while a request head was arriving
+        self._shutting_down = False  # graceful shutdown began before this connection's request was complete
         # Per-request state
         self._in_head = False  # between on_message_begin and on_headers_complete
         self._begins_in_read = 0  # requests that began during the current data_received
@@ -445,14 +463,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.parser = None  # type: ignore[assignment]
 
     def shutdown(self) -> None:
-        """Graceful shutdown (SIGTERM).  uvicorn closes a connection with no request in progress at once; a
-        request whose head is still arriving was already sent by the client, so it is answered (with
-        ``Connection: close``) instead of being cut; the header timeout still bounds a client that stalls."""
+        """Graceful shutdown (SIGTERM; module docstring).  uvicorn closes a connection with no request in progress
+        at once.  Here a request whose head is arriving is answered (``Connection: close``) instead of being cut
+        (the header timeout still bounds a client that stalls), and a connection on which no request has begun
+        yet gets ``FIRST_REQUEST_GRACE_S`` for its first one: its client connected successfully and may have sent
+        its request already (still unread in the socket buffer: closing now would reset it).  Idempotent: the
+        server calls it when it creates the protocol of a connection drained from the accept backlog (before
+        ``connection_made``: this case touches no transport), then again for every connection."""
         cycle = self.cycle
-        if self._in_head and (cycle is None or cycle.response_complete):
+        if cycle is None and not self._rejected:
+            if not self._shutting_down:
+                self._shutting_down = True
+                if not self._in_head:
+                    self.loop.call_later(FIRST_REQUEST_GRACE_S, self._on_first_request_grace)
+            return
+        if self._in_head and cycle.response_complete:  # a later request's head is arriving
             self._shutting_down = True
             return
         super().shutdown()
+
+    def _on_first_request_grace(self) -> None:
+        """Shutdown: no request began within ``FIRST_REQUEST_GRACE_S``; close (a head that has begun is left to the
+        header timeout, a request in progress to its response)."""
+        if self.cycle is None and not self._in_head and not self.transport.is_closing():
+            self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
