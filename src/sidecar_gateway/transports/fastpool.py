@@ -15,7 +15,43 @@ Rules of this file (httpcore ``connection_pool.py``):
 * One retry, for one case only: a *reused* idle connection broke before a single response byte arrived (the
   server closed it while we were picking it: the stale keep-alive race), the method is idempotent (RFC 9110
   §9.2.2) and the body is bytes or absent (a consumed stream cannot be replayed).  The retry uses a fresh
-  connection.  Nothing else is ever retried.
+  connection.  Nothing else is ever retried (nginx, Envoy and Go's net/http draw the same line): in particular
+  a function invocation, always a POST, is never sent twice (sidecar contract §5.3).
+
+Origins that close idle connections without notice.  Some servers answer with keep-alive framing (no
+``Connection: close``) and close the connection (FIN) a moment later: every answer, or whenever their idle timer
+is short.  Until that FIN has arrived the connection looks idle and healthy, and no check before reuse can tell
+(peeking at the socket sees nothing yet), so a request sent on it meets a closed connection.  For a request
+that cannot be resent that is a failure, so the pool learns per origin (``OriginPool.forget`` and
+``note_stale_reuse``) from two kinds of evidence:
+
+  (a) a pooled idle connection is lost (FIN, reset) at most ``QUICK_CLOSE_S`` after its response was read
+      (``Http11Connection.on_lost``, called from ``connection_lost`` on the loop iteration after the FIN is
+      read: the timing is the loop's, good to a few milliseconds unless the loop stalls, and a stall only
+      makes the evidence look older: a missed lesson, never a false one);
+  (b) a reused connection is closed (FIN or reset: ``PeerClosedError``) before a single response byte, whatever
+      the method (an idempotent request is then resent once, see above).
+
+Either marks the origin as closing idle connections for ``CLOSES_IDLE_MEMORY_S`` after the *latest* such
+event.  While marked, a request that cannot be resent (not idempotent, or a streamed body) never takes an idle
+connection: it opens a fresh one, which cannot be stale.  Idempotent requests still reuse (a stale connection is
+retried for them), so the idle connections keep being used and keep supplying evidence (a) while the server
+behaves so; and the fresh connections opened for POSTs go idle afterwards like any other (evidence (a) again,
+and reuse by idempotent requests).  As POSTs then open connections without consuming idle ones, a marked origin
+keeps at most ``MARKED_IDLE_MAX`` idle connections: a fresh POST connection closes the oldest beyond that.
+
+The mark is bounded in time, not kept for the client's lifetime, because the evidence also has transient
+causes: a server restarting or being redeployed closes its idle connections at once, and a load balancer may
+move the address to a well-behaved server.  Forgetting costs at most one failed call (the evidence (b) that
+re-marks the origin) after ``CLOSES_IDLE_MEMORY_S`` without any event, and only if evidence (a) did not re-mark
+it first; remembering forever would cost a connect per call to that origin forever.  While the server keeps
+closing, evidence keeps coming and the mark never lapses.  A marked origin's pool is kept while it is
+marked (the sweeper does not drop it as unused).
+
+The remaining limitation: the *first* stale connection of an origin (before any evidence) may still fail one
+call that cannot be resent, and so may a connection closed by a server that normally keeps connections but closes
+this one at exactly the wrong moment (no pool can tell that from the outside).  ``Keep-Alive: timeout=N``
+announced by a server is honoured (``http11.py``), which removes the common case of idle timers.
 
 Timeouts are the caller's (``asyncio.timeout`` around ``request`` or a read) except ``CONNECT_TIMEOUT_S``.
 """
@@ -35,6 +71,7 @@ from .http11 import (
     ConnectError,
     Http11Connection,
     Origin,
+    PeerClosedError,
     ReadError,
     RequestHead,
     TransportError,
@@ -43,12 +80,16 @@ from .http11 import (
     split_url,
 )
 
-__all__ = ["ConnectError", "Decision", "HttpClient", "HttpResponse", "OriginPool", "ReadError", "TransportError"]
+__all__ = ["ConnectError", "Decision", "HttpClient", "HttpResponse", "OriginPool", "PeerClosedError", "ReadError",
+           "TransportError"]
 
 # Bounds (style rule 12).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 §9.2.2
 _BYTES_TYPES = (bytes, bytearray, memoryview)
 SWEEP_INTERVAL_S = KEEPALIVE_TIMEOUT_S / 2  # expired idle connections linger at most 1.5× the keep-alive timeout
+QUICK_CLOSE_S = 1.0  # an idle connection lost this soon after its response was closed without notice (evidence a)
+CLOSES_IDLE_MEMORY_S = 300.0  # an origin stays marked this long after its latest evidence of closing without notice
+MARKED_IDLE_MAX = 8  # idle connections a marked origin keeps (requests that cannot be resent do not consume them)
 
 
 class Decision(enum.Enum):
@@ -67,7 +108,7 @@ _WAIT = Decision.WAIT
 class OriginPool:
     """Bookkeeping for one origin.  Pure: no I/O, no awaiting; methods return what the caller must do."""
 
-    __slots__ = ("active", "idle", "max_connections", "origin", "requests", "waiters")
+    __slots__ = ("active", "closes_idle_until", "idle", "max_connections", "origin", "requests", "waiters")
 
     def __init__(self, origin: Origin, max_connections: int = 0) -> None:
         self.origin = origin
@@ -76,22 +117,33 @@ class OriginPool:
         self.active = 0  # checked out or being opened
         self.waiters: deque[asyncio.Future[Http11Connection | None]] = deque()
         self.requests = 0
+        # Loop time until which the origin counts as closing idle connections without notice (module docstring);
+        # 0.0: never seen doing so.  One float compare per request that cannot be resent; none for the others.
+        self.closes_idle_until = 0.0
 
-    def assign(self, now: float, fresh: bool = False) -> tuple[Decision, Http11Connection | None,
-                                                               list[Http11Connection]]:
-        """Decide for one request.  Cases, in this order:
+    def assign(self, now: float, fresh: bool = False, replayable: bool = True) -> tuple[
+            Decision, Http11Connection | None, list[Http11Connection]]:
+        """Decide for one request (``replayable``: idempotent with a bytes or no body).  Cases, in this order:
 
         1. reuse: the most recently used idle connection that has not expired (LIFO keeps a warm few busy and
-           lets the rest reach the keep-alive timeout); expired or closed ones met on the way are evicted;
+           lets the rest reach the keep-alive timeout); expired or closed ones met on the way are evicted.
+           Skipped when ``fresh``, and for a request that cannot be replayed while the origin is marked as
+           closing idle connections (``avoids_reuse``; then, beyond ``MARKED_IDLE_MAX`` idle, the oldest is
+           evicted);
         2. create: below the cap (or no cap), reserve a slot for a new connection;
-        3. evict-then-create: at the cap but a connection is idle (only when ``fresh`` skipped reuse), close
+        3. evict-then-create: at the cap but a connection is idle (only when reuse was skipped), close
            the oldest idle one and take its slot;
         4. wait: at the cap with nothing idle.
         Returns (decision, connection for REUSE, connections to close).
         """
         to_close: list[Http11Connection] = []
         idle = self.idle
-        if not fresh:
+        if fresh:
+            pass
+        elif not replayable and now < self.closes_idle_until:
+            if len(idle) >= MARKED_IDLE_MAX:
+                to_close.append(idle.pop(0))
+        else:
             while idle:
                 conn = idle.pop()
                 if conn.has_expired(now):
@@ -124,10 +176,23 @@ class OriginPool:
             self.active -= 1
         return waiter
 
-    def forget(self, conn: Http11Connection) -> None:
-        """The server closed an idle connection: it no longer counts (``Http11Connection.on_lost``)."""
+    def avoids_reuse(self, now: float, replayable: bool) -> bool:
+        """Whether a request must not go out on a connection that has been idle: it cannot be replayed and the
+        origin is marked as closing idle connections without notice."""
+        return not replayable and now < self.closes_idle_until
+
+    def forget(self, conn: Http11Connection, now: float) -> None:
+        """A connection was lost (``Http11Connection.on_lost``).  If it was idle here the server closed it: it no
+        longer counts, and if that came within ``QUICK_CLOSE_S`` of its response (and before the server's
+        announced keep-alive timeout) the origin closes idle connections without notice (evidence a)."""
         if conn in self.idle:
             self.idle.remove(conn)
+            if now - conn.idle_since <= min(QUICK_CLOSE_S, conn.idle_limit):
+                self.closes_idle_until = now + CLOSES_IDLE_MEMORY_S
+
+    def note_stale_reuse(self, now: float) -> None:
+        """A reused connection was closed by the server before any response byte (evidence b)."""
+        self.closes_idle_until = now + CLOSES_IDLE_MEMORY_S
 
     def sweep(self, now: float) -> list[Http11Connection]:
         """Evict expired idle connections; returns them for closing."""
@@ -136,9 +201,9 @@ class OriginPool:
             self.idle = [c for c in self.idle if not c.has_expired(now)]
         return expired
 
-    @property
-    def unused(self) -> bool:
-        return not self.idle and not self.active and not self.waiters
+    def is_unused(self, now: float) -> bool:
+        """Nothing pooled, in use or queued, and nothing learnt worth keeping: the pool may be dropped."""
+        return not self.idle and not self.active and not self.waiters and now >= self.closes_idle_until
 
     def _next_waiter(self) -> asyncio.Future[Http11Connection | None] | None:
         waiters = self.waiters
@@ -149,7 +214,8 @@ class OriginPool:
         return None
 
     def __repr__(self) -> str:
-        return f"{self.origin} active={self.active} idle={len(self.idle)} queued={len(self.waiters)}"
+        marked = f" closes-idle-until={self.closes_idle_until:.1f}" if self.closes_idle_until else ""
+        return f"{self.origin} active={self.active} idle={len(self.idle)} queued={len(self.waiters)}{marked}"
 
 
 class HttpResponse:
@@ -276,14 +342,19 @@ class HttpClient:
         self.requests += 1
         pool.requests += 1
         is_head = method == "HEAD"
-        conn, reused = await self._acquire(pool, fresh=False)
+        replayable = not streamed and method in IDEMPOTENT_METHODS
+        conn, reused = await self._acquire(pool, False, replayable)
         try:
             return await self._exchange(pool, conn, head, body, streamed, is_head)
-        except ReadError:
-            if not (reused and not conn.response_started and not streamed and method in IDEMPOTENT_METHODS):
+        except PeerClosedError:
+            if not reused or conn.response_started:
                 raise
-        # the stale keep-alive race: once, on a fresh connection
-        conn, _ = await self._acquire(pool, fresh=True)
+            # the stale keep-alive race: the origin closes idle connections without notice (evidence b)
+            pool.note_stale_reuse(conn.loop.time())
+            if not replayable:
+                raise
+        # resent once, on a fresh connection
+        conn, _ = await self._acquire(pool, True, replayable)
         return await self._exchange(pool, conn, head, body, streamed, is_head)
 
     async def _exchange(self, pool: OriginPool, conn: Http11Connection, head: RequestHead,
@@ -301,12 +372,12 @@ class HttpClient:
             raise
         return HttpResponse(self, pool, conn, writer)
 
-    async def _acquire(self, pool: OriginPool, fresh: bool) -> tuple[Http11Connection, bool]:
+    async def _acquire(self, pool: OriginPool, fresh: bool, replayable: bool) -> tuple[Http11Connection, bool]:
         """A connection for one request and whether it was reused."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        decision, conn, to_close = pool.assign(loop.time(), fresh)
+        decision, conn, to_close = pool.assign(loop.time(), fresh, replayable)
         for stale in to_close:
             stale.close()
         if decision is _REUSE:
@@ -331,13 +402,15 @@ class HttpClient:
                     pool.waiters.remove(waiter)
                 raise
             if handed is not None:
-                return handed, True
+                if not pool.avoids_reuse(loop.time(), replayable):
+                    return handed, True
+                handed.close()  # it may be closing already (the server's FIN not yet read): open one in its slot
         try:
             conn = await connect(loop, pool.origin, self._tls_context() if pool.origin.scheme == "https" else None)
         except BaseException:
             self._free_slot(pool)
             raise
-        conn.on_lost = pool.forget
+        conn.on_lost = self._on_lost
         return conn, False
 
     def _settle(self, pool: OriginPool, conn: Http11Connection, writer: asyncio.Task[None] | None,
@@ -351,6 +424,13 @@ class HttpClient:
             return
         conn.close()
         self._free_slot(pool)
+
+    def _on_lost(self, conn: Http11Connection) -> None:
+        """``Http11Connection.on_lost``: tell the pool of the connection's origin, with the time of the loss.  A
+        pool is dropped only when nothing is idle or in use, so the current one is the connection's."""
+        pool = self._pools.get(conn.origin)
+        if pool is not None:
+            pool.forget(conn, conn.loop.time())
 
     def _give_back(self, pool: OriginPool, conn: Http11Connection) -> None:
         waiter = pool.give_back(conn)
@@ -372,7 +452,7 @@ class HttpClient:
         for origin, pool in list(self._pools.items()):
             for conn in pool.sweep(now):
                 conn.close()
-            if pool.unused:
+            if pool.is_unused(now):
                 del self._pools[origin]
             keep = keep or bool(pool.idle)
         if keep and not self._closed:

@@ -11,8 +11,11 @@ Rules of this file (h11 ``_state.py`` style):
   stand in for either.
 * Errors leave this file as ``ConnectError`` (nothing was exchanged: refused, DNS, TLS handshake) or
   ``ReadError`` (the exchange broke after the request was possibly sent: reset, premature EOF, malformed or
-  oversized answer), the two families of httpcore ``_exceptions.py``.  Misuse by our own code (a header with
-  CR/LF, a body that contradicts its Content-Length header) is a ``ValueError`` raised before any byte is written.
+  oversized answer), the two families of httpcore ``_exceptions.py``.  ``PeerClosedError`` is the ``ReadError``
+  of a connection the server closed (FIN) or reset during an exchange, as opposed to a malformed answer or a
+  failure on our side (the request body's source): only it is evidence of the stale keep-alive race.  Misuse by
+  our own code (a header with CR/LF, a body that contradicts its Content-Length header) is a ``ValueError``
+  raised before any byte is written.
 
 Theory of operation.  ``connect`` opens a transport with ``loop.create_connection`` and an ``Http11Connection``
 protocol (no streams: one less layer of buffering and futures).  ``start_request`` writes the whole request head
@@ -22,6 +25,13 @@ whole body cannot deadlock us.  Each response gets a fresh ``httptools.HttpRespo
 collect the head and queue body chunks; reading pauses above ``READ_HIGH_WATER`` buffered bytes and resumes
 when the reader drains the queue (Envoy ``ChunkQueue`` watermarks).  Writing honours ``pause_writing`` /
 ``resume_writing`` (uvicorn ``flow_control.py``).
+
+Idle time.  A pooled connection is worth a request while it has been idle less than ``idle_limit``: our own
+``KEEPALIVE_TIMEOUT_S``, or less when a response announced the server's (``Keep-Alive: timeout=N``, RFC 2068
+§19.7.1.1, sent by Apache, Node.js, Jetty): then ``N - KEEPALIVE_MARGIN_S``, so that we stop reusing the
+connection before the server is entitled to close it (a request crossing that close in flight fails).  The
+header is looked at only when present (its name is in the set ``on_header`` already tests), so its absence costs
+nothing per request; the last announcement on a connection holds for it.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ import httptools
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "KEEPALIVE_MARGIN_S",
     "KEEPALIVE_TIMEOUT_S",
     "MAX_HEADER_COUNT",
     "MAX_HEAD_BYTES",
@@ -47,6 +58,7 @@ __all__ = [
     "Framing",
     "Http11Connection",
     "Origin",
+    "PeerClosedError",
     "ReadError",
     "RequestHead",
     "TransportError",
@@ -59,6 +71,7 @@ __all__ = [
 # Bounds (style rule 12).
 CONNECT_TIMEOUT_S = 10.0  # a TCP/TLS connect never waits longer, whatever the caller's deadline (curl: 300, Envoy: 5)
 KEEPALIVE_TIMEOUT_S = 30.0  # idle pooled connections are closed after this (nginx keepalive_timeout 60, Envoy 1h)
+KEEPALIVE_MARGIN_S = 1.0  # ``Keep-Alive: timeout=N``: no reuse after N - this idle (RTT and the server's timer slack)
 MAX_HEAD_BYTES = 64 * 1024  # status line + headers of one response (Envoy max_response_headers_kb 60; h11 16 KiB)
 MAX_HEADER_COUNT = 100  # response header lines (Envoy max_headers_count 100; Apache LimitRequestFields 100)
 READ_HIGH_WATER = 256 * 1024  # buffered body bytes before pause_reading (Envoy ChunkQueue: resume below half)
@@ -79,7 +92,9 @@ _HEADER_LINES = re.compile(
     rb'(?:[^\x00-\x20\x7f-\xff()<>@,;:\[\]={}\\"/?]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*').fullmatch
 _FRAMING_NAMES = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
 _SEQUENCES = (list, tuple)
-_RESPONSE_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
+# Response fields ``on_header`` looks at (framing and connection management); any other costs one set lookup.
+_RESPONSE_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
+_KEEPALIVE_TIMEOUT = re.compile(rb'(?:^|[\s,;])timeout\s*=\s*"?(\d{1,9})', re.I).search  # RFC 2068 §19.7.1.1
 _TARGET_BAD = re.compile(r"[\x00-\x20\x7f-\U0010ffff]").search  # the URL arrives percent-encoded: ASCII only
 _URL_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.\-]*)://([^/?#]*)([^#]*)", re.S)
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -100,6 +115,10 @@ class ConnectError(TransportError):
 
 class ReadError(TransportError):
     """The connection broke or the answer was malformed after the request was (possibly) sent."""
+
+
+class PeerClosedError(ReadError):
+    """The server closed (FIN) or reset the connection in the middle of an exchange."""
 
 
 def _read_error(message: str, cause: BaseException | None = None) -> ReadError:
@@ -360,6 +379,7 @@ class Http11Connection(asyncio.Protocol):
         "_write_paused",
         "framing",
         "headers",
+        "idle_limit",
         "idle_since",
         "keep_alive",
         "loop",
@@ -379,6 +399,7 @@ class Http11Connection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self.requests = 0
         self.idle_since = loop.time()
+        self.idle_limit = KEEPALIVE_TIMEOUT_S  # lowered by ``Keep-Alive: timeout=N`` (see the module docstring)
         self.on_lost: Callable[[Http11Connection], None] | None = None  # the pool's hook for idle losses
         self._lost = False
         self._write_paused = False
@@ -422,8 +443,9 @@ class Http11Connection(asyncio.Protocol):
         return self.state is _IDLE and not self._lost
 
     def has_expired(self, now: float) -> bool:
-        """Idle for longer than ``KEEPALIVE_TIMEOUT_S``, or already closed: not worth a request."""
-        return self.is_closed or (self.state is _IDLE and now - self.idle_since > KEEPALIVE_TIMEOUT_S)
+        """Idle for ``idle_limit`` (``KEEPALIVE_TIMEOUT_S`` or the server's announced timeout less a margin) or
+        longer, or already closed: not worth a request."""
+        return self.is_closed or (self.state is _IDLE and now - self.idle_since >= self.idle_limit)
 
     @property
     def body_drained(self) -> bool:
@@ -450,7 +472,9 @@ class Http11Connection(asyncio.Protocol):
         elif state is _AWAIT_HEAD or state is _BODY:
             what = "before the response head" if state is _AWAIT_HEAD else "mid-body"
             detail = f": {exc}" if exc else ""
-            self._fail(_read_error(f"connection to {self.origin} closed {what}{detail}", exc))
+            err = PeerClosedError(f"connection to {self.origin} closed {what}{detail}")
+            err.__cause__ = exc
+            self._fail(err)
         elif state is _IDLE:
             self.state = _CLOSED
         self._wake()
@@ -525,6 +549,10 @@ class Http11Connection(asyncio.Protocol):
                 self._conn_header_close = True
             elif b"keep-alive" in tokens:
                 self._conn_header_keep_alive = True
+        else:  # keep-alive
+            match = _KEEPALIVE_TIMEOUT(value)
+            if match is not None:
+                self.idle_limit = max(0.0, min(KEEPALIVE_TIMEOUT_S, int(match.group(1)) - KEEPALIVE_MARGIN_S))
 
     def on_headers_complete(self) -> None:
         if self.state is not _AWAIT_HEAD:
@@ -675,8 +703,11 @@ class Http11Connection(asyncio.Protocol):
             state = self.state
             if state is _COMPLETE:
                 return b""
-            if self._error is not None:
-                raise _read_error(str(self._error), self._error.__cause__)
+            error = self._error
+            if error is not None:  # a new instance of the same class: each reader gets its own traceback
+                fresh = type(error)(str(error))
+                fresh.__cause__ = error.__cause__
+                raise fresh
             if state is not _BODY:
                 raise _read_error(f"no response body in progress on {self.origin}")
             await self._wait()
