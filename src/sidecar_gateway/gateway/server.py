@@ -2,8 +2,8 @@
 
 * One worker: this process serves traffic and the admin listener.
 * N workers: this process is a supervisor.  It starts N worker processes that each bind the traffic port with
-  ``SO_REUSEPORT`` (the kernel spreads connections), serves the admin listener itself (``/metrics`` aggregates
-  the workers through Prometheus multiprocess mode; ``/readyz`` is ready when every worker is), forwards
+  ``SO_REUSEPORT`` (the kernel spreads connections), serves the admin listener itself (``/metrics`` merges the
+  workers' metric snapshots, observability/metrics.py; ``/readyz`` is ready when every worker is), forwards
   SIGHUP/SIGTERM, and restarts a worker that dies unexpectedly.
 * SIGHUP re-reads the file off the event loop: a valid file swaps the runtime (calls in flight keep theirs),
   an invalid one is logged line by line and the running configuration is kept (gateway-config.md).
@@ -382,7 +382,6 @@ def _run_supervisor(plan: GatewayPlan, opts: ServeOptions) -> int:
             for i, (p, _) in enumerate(workers):
                 if not p.is_alive() and not stopping.is_set() and time.monotonic() - last_restart > RESTART_BACKOFF_S:
                     log_event(logging.WARNING, "worker_died", pid=p.pid, exitcode=p.exitcode)
-                    _mark_dead(p.pid)
                     workers[i] = spawn()
                     last_restart = time.monotonic()
         for p, _ in workers:
@@ -425,15 +424,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def _mark_dead(pid: int | None) -> None:
-    if pid is None:
-        return
-    with contextlib.suppress(Exception):
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
 
 
 def serve(plan: GatewayPlan, opts: ServeOptions) -> int:
