@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -27,6 +26,7 @@ from sidecar_gateway.transports.http11 import (
     encode_request_head,
     split_url,
 )
+from support.sansio import RecordingTransport as MockTransport
 
 # ------------------------------------------------------------------------------------------------ split_url
 
@@ -158,39 +158,6 @@ def test_encode_chunk() -> None:
 
 
 # ----------------------------------------------------------------------------------- the protocol, sans I/O
-
-class MockTransport(asyncio.Transport):
-    """Records writes; tracks pause/resume and close/abort."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.written = bytearray()
-        self.reading = True
-        self.closing = False
-        self.pauses = 0
-
-    def write(self, data: Any) -> None:
-        self.written += data
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def abort(self) -> None:
-        self.closing = True
-
-    def close(self) -> None:
-        self.closing = True
-
-    def pause_reading(self) -> None:
-        self.reading = False
-        self.pauses += 1
-
-    def resume_reading(self) -> None:
-        self.reading = True
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
 
 def _connection(method: str = "GET", streamed: bool = False) -> tuple[Http11Connection, MockTransport]:
     conn = Http11Connection(Origin("http", "h", 80), asyncio.get_running_loop())
