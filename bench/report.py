@@ -308,6 +308,8 @@ class Report:
         lines += ["## Targets of issue 6", "",
                   f"Median of per-run ratios over {self.runs} run(s) (min–max in parentheses).", ""]
         lines += [*self.target_lines(), ""]
+        lines += ["Where the time goes and what is left for the unmet targets: [performance.md](performance.md) "
+                  "(hand-written analysis, profiles and before/after measurements).", ""]
         lines += ["## Results per scenario", "",
                   f"`wrk -t{args['threads']} -c{args['connections']} -d{args['duration']:g}s` (after a "
                   f"{args['warmup']:g} s warm-up) gives req/s and p50/p99/p99.9 at a fixed connection count.  "
