@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -352,6 +353,23 @@ async def _metrics(session: aiohttp.ClientSession, gw: GatewayProcess) -> LoopLa
         return parse_loop_lag(await resp.text())
 
 
+async def _fill_pool(session: aiohttp.ClientSession, base: str) -> None:
+    """Open the load generator's whole connection pool (``MAX_CONNECTIONS`` keep-alive connections) before the run.
+
+    aiohttp reuses its idle connections oldest first, so at a steady rate every pooled connection is reused well
+    within its keep-alive timeout and the pool never shrinks: its size is the generator's largest burst so far.
+    Left to grow, that high-water mark (a few hundred client connections, each a descriptor and a protocol in the
+    gateway) shows up as slowly rising gateway descriptors and RSS — measured, and mistaken for a gateway leak in
+    earlier runs.  Filled up front, the client side is constant and the judged growth is the gateway's own.  The
+    calls go to the 1 s slow backend so that all of them are in flight at once (each answers 504, not tallied)."""
+    async def one() -> None:
+        with contextlib.suppress(aiohttp.ClientError, TimeoutError):
+            async with session.get(f"{base}/be-slow/fill") as resp:
+                await resp.read()
+
+    await asyncio.gather(*(one() for _ in range(MAX_CONNECTIONS)))
+
+
 async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, rate: float) -> dict[str, Any]:
     tally = Tally()
     schedule = Schedule(args.seed)
@@ -361,6 +379,7 @@ async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, r
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
             aiohttp.ClientSession(timeout=timeout) as admin:
+        await _fill_pool(session, gw.base_url)
         read_start = time.monotonic()
         lag_start = await _metrics(admin, gw)
         lag_first_read_s = time.monotonic() - read_start
