@@ -120,7 +120,7 @@ class _Histogram:
 class Family:
     """One metric and its children by label values."""
 
-    __slots__ = ("_unlabelled", "bounds", "children", "help", "kind", "label_names", "mode", "name")
+    __slots__ = ("bounds", "children", "help", "kind", "label_names", "mode", "name")
 
     def __init__(self, name: str, help_text: str, kind: str, label_names: tuple[str, ...] = (), *,
                  buckets: tuple[float, ...] = (), mode: str = "livesum") -> None:
@@ -131,7 +131,6 @@ class Family:
         self.bounds = (*buckets, _INF) if kind == _HISTOGRAM else ()
         self.mode = mode  # gauges across workers: "livesum" or "max"
         self.children: dict[tuple[str, ...], Any] = {}
-        self._unlabelled: Any = None
         _FAMILIES.append(self)
 
     def labels(self, *values: str) -> Any:
