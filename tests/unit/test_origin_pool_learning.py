@@ -183,3 +183,60 @@ def test_a_marked_pool_is_kept_until_the_mark_lapses() -> None:
     assert not pool.is_unused(T0 + 1)
     assert pool.is_unused(pool.closes_idle_until)
     assert _pool().is_unused(T0)
+
+
+# ------------------------------------------------------------------------------------------------ shrinking
+
+
+def _checkout(pool: OriginPool, n: int, now: float = T0) -> list[Http11Connection]:
+    """``n`` requests in flight at once: reused idle connections first, then new ones (stand-ins)."""
+    out = []
+    for _ in range(n):
+        decision, conn, _ = pool.assign(now)
+        out.append(conn if decision is Decision.REUSE else _conn(idle_since=now))
+    return out
+
+
+def _return_all(pool: OriginPool, conns: list[Http11Connection], now: float) -> None:
+    for c in conns:
+        c.idle_since = now  # what ``Http11Connection.finish`` does
+        assert pool.give_back(c) is None
+
+
+def test_a_burst_s_connections_are_closed_once_the_load_no_longer_needs_them() -> None:
+    """300 calls at once, then a steady 3 at a time: the sweep after the burst keeps them (the interval needed
+    300), the next one keeps only what that interval needed — oldest idle closed, most recently used kept."""
+    pool = _pool()
+    burst = _checkout(pool, 300)
+    _return_all(pool, burst, T0 + 0.1)
+    assert pool.sweep(T0 + 1) == []
+    assert len(pool.idle) == 300
+    for t in range(2, 6):  # a steady load of 3 concurrent calls
+        steady = _checkout(pool, 3, T0 + t)
+        _return_all(pool, steady, T0 + t + 0.01)
+    closed = pool.sweep(T0 + 6)
+    assert len(closed) == 297 and len(pool.idle) == 3
+    assert set(map(id, pool.idle)) == set(map(id, steady))  # the warm ones stay
+    assert all(c not in pool.idle for c in closed)
+
+
+def test_connections_in_use_count_towards_the_need() -> None:
+    """10 in use at a sweep with a peak of 12: 2 idle kept, not 12."""
+    pool = _pool()
+    conns = _checkout(pool, 12)
+    _return_all(pool, conns[:2], T0 + 0.1)
+    pool.sweep(T0 + 1)  # peak 12 → keeps up to 12 - 10 = 2 idle
+    assert len(pool.idle) == 2 and pool.active == 10
+    _return_all(pool, conns[2:], T0 + 2)  # now 12 idle, 0 active; the interval's peak was 10
+    pool.sweep(T0 + 3)
+    assert len(pool.idle) == 10
+
+
+def test_a_steady_load_never_loses_its_connections_to_the_sweep() -> None:
+    pool = _pool()
+    for t in range(20):
+        conns = _checkout(pool, 8, T0 + t)
+        _return_all(pool, conns, T0 + t + 0.5)
+        if t % 5 == 4:
+            assert pool.sweep(T0 + t + 0.6) == []
+    assert len(pool.idle) == 8

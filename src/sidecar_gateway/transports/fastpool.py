@@ -12,6 +12,12 @@ Rules of this file (httpcore ``connection_pool.py``):
 * A connection goes back to the pool only when its response was read to the end and both sides agreed to
   keep it (``Http11Connection.is_reusable``); ``close()``, an abandoned body, an error or a cancellation
   closes it.  Every acquired slot is returned exactly once, by ``HttpClient._settle``.
+* Idle connections follow the recent load, not its history (``OriginPool.sweep``, every ``SWEEP_INTERVAL_S``): a
+  pool keeps at most as many connections as were in use at once since the previous sweep, closing the oldest idle
+  ones beyond that, besides those idle for ``KEEPALIVE_TIMEOUT_S``.  Reuse is most-recent-first, so without this a
+  burst (a slow backend, a stalled loop) would leave hundreds of connections that the next burst touches again
+  before they expire: descriptors would follow the largest burst of the last half minute.  nginx caps the same
+  thing with a fixed ``keepalive N``; here the cap is the measured need, so a steady load never churns.
 * One retry, for one case only: a *reused* idle connection broke before a single response byte arrived (the
   server closed it while we were picking it: the stale keep-alive race), the method is idempotent (RFC 9110
   §9.2.2) and the body is bytes or absent (a consumed stream cannot be replayed).  The retry uses a fresh
@@ -67,7 +73,6 @@ from collections.abc import AsyncIterable, AsyncIterator, Iterable
 from types import TracebackType
 
 from .http11 import (
-    KEEPALIVE_TIMEOUT_S,
     ConnectError,
     Http11Connection,
     Origin,
@@ -86,7 +91,7 @@ __all__ = ["ConnectError", "Decision", "HttpClient", "HttpResponse", "OriginPool
 # Bounds (style rule 12).
 IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})  # RFC 9110 §9.2.2
 _BYTES_TYPES = (bytes, bytearray, memoryview)
-SWEEP_INTERVAL_S = KEEPALIVE_TIMEOUT_S / 2  # expired idle connections linger at most 1.5× the keep-alive timeout
+SWEEP_INTERVAL_S = 5.0  # idle connections beyond the recent need close 5–10 s after a burst; expired ones ≤ 5 s late
 QUICK_CLOSE_S = 1.0  # an idle connection lost this soon after its response was closed without notice (evidence a)
 CLOSES_IDLE_MEMORY_S = 300.0  # an origin stays marked this long after its latest evidence of closing without notice
 MARKED_IDLE_MAX = 8  # idle connections a marked origin keeps (requests that cannot be resent do not consume them)
@@ -108,13 +113,14 @@ _WAIT = Decision.WAIT
 class OriginPool:
     """Bookkeeping for one origin.  Pure: no I/O, no awaiting; methods return what the caller must do."""
 
-    __slots__ = ("active", "closes_idle_until", "idle", "max_connections", "origin", "requests", "waiters")
+    __slots__ = ("active", "closes_idle_until", "idle", "max_connections", "origin", "peak", "requests", "waiters")
 
     def __init__(self, origin: Origin, max_connections: int = 0) -> None:
         self.origin = origin
         self.max_connections = max_connections  # 0: no cap (the caller's deadline bounds waiting)
         self.idle: list[Http11Connection] = []  # a stack: the most recently used on top (LIFO)
         self.active = 0  # checked out or being opened
+        self.peak = 0  # the largest ``active`` since the last sweep: how many connections the recent load needed
         self.waiters: deque[asyncio.Future[Http11Connection | None]] = deque()
         self.requests = 0
         # Loop time until which the origin counts as closing idle connections without notice (module docstring);
@@ -149,17 +155,21 @@ class OriginPool:
                 if conn.has_expired(now):
                     to_close.append(conn)
                     continue
-                self.active += 1
+                active = self.active = self.active + 1
+                if active > self.peak:
+                    self.peak = active
                 return _REUSE, conn, to_close
         cap = self.max_connections
         if not cap or self.active + len(idle) < cap:
-            self.active += 1
-            return Decision.CREATE, None, to_close
-        if idle:
+            pass
+        elif idle:
             to_close.append(idle.pop(0))
-            self.active += 1
-            return Decision.CREATE, None, to_close
-        return Decision.WAIT, None, to_close
+        else:
+            return Decision.WAIT, None, to_close
+        active = self.active = self.active + 1
+        if active > self.peak:
+            self.peak = active
+        return Decision.CREATE, None, to_close
 
     def give_back(self, conn: Http11Connection) -> asyncio.Future[Http11Connection | None] | None:
         """A reusable connection was released.  Returns the waiter to hand it to, or None (it went idle)."""
@@ -195,10 +205,18 @@ class OriginPool:
         self.closes_idle_until = now + CLOSES_IDLE_MEMORY_S
 
     def sweep(self, now: float) -> list[Http11Connection]:
-        """Evict expired idle connections; returns them for closing."""
-        expired = [c for c in self.idle if c.has_expired(now)]
+        """Evict expired idle connections, and the oldest idle ones beyond what the last interval needed: at most
+        ``peak`` connections (the most in use at once since the previous sweep) are kept in all, so a burst's
+        connections are closed one or two intervals after it.  Returns them for closing."""
+        idle = self.idle
+        expired = [c for c in idle if c.has_expired(now)]
         if expired:
-            self.idle = [c for c in self.idle if not c.has_expired(now)]
+            idle = self.idle = [c for c in idle if not c.has_expired(now)]
+        excess = len(idle) - max(0, self.peak - self.active)
+        if excess > 0:
+            expired.extend(idle[:excess])
+            del idle[:excess]
+        self.peak = self.active
         return expired
 
     def is_unused(self, now: float) -> bool:
