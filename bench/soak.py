@@ -27,7 +27,9 @@ itself a loop stall, see tests/reliability/test_loop_lag.py).  Exit status 1 whe
 
 * lost == 0 and answered per contract == sent;
 * RSS after warm-up stays within ±``--rss-tolerance`` (10 %) of the first post-warm-up sample;
-* open file descriptors do not grow: the last third's floor ≤ the first post-warm-up third's floor + ``FD_SLACK``;
+* open file descriptors do not grow: the last third's floor ≤ the first post-warm-up third's floor + ``FD_SLACK``,
+  and once the load and its connections are gone the gateway returns to its pre-load count (+ ``FD_SLACK``) within
+  ``SETTLE_S`` (nothing held that is not in use);
 * the last reload was applied (its marker endpoint answers).
 """
 
@@ -65,6 +67,7 @@ BACKEND_TIMEOUT_S = 1.0  # endpoint timeout of the slow-backend endpoint
 FAULT_SHARE = 0.2  # share of requests sent to the current fault window's endpoints
 WINDOW_S = 10.0  # length of each fault window
 FD_SLACK = 24  # file descriptors: pooled keep-alive connections come and go with the offered load
+SETTLE_S = 30.0  # after the load: the pool closes idle connections the load no longer needs within 2 sweeps (10 s)
 MAX_CONNECTIONS = 512  # client connection limit (open loop: in-flight requests never wait for a free slot)
 TICK_S = 0.005  # pacing granularity
 CALIBRATE_CONCURRENCY = 32
@@ -377,6 +380,7 @@ async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, r
     reloads = 0
     connector = aiohttp.TCPConnector(limit=MAX_CONNECTIONS)
     timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_S)
+    fds_before = _fd_count(gw.pids())  # listening sockets, log files, the loop: what the gateway holds idle
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session, \
             aiohttp.ClientSession(timeout=timeout) as admin:
         await _fill_pool(session, gw.base_url)
@@ -418,10 +422,28 @@ async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, r
         reload_applied = True
         if reloads:
             reload_applied = await _poll_ok(session, f"{gw.base_url}/reload-{reloads}/x", 10.0)
+    settled = await _settle(gw, fds_before)
     lag = lag_end.since(lag_start)
     summary = _summarise(tally, samples, lag, lag_first_read_s, reloads, reload_applied, rate, args)
+    summary["fds_settled"] = settled
+    if settled["after"] > fds_before + FD_SLACK:
+        summary["failures"].append(f"{settled['after'] - fds_before} more descriptors than before the load "
+                                   f"{SETTLE_S:.0f} s after it ended (limit {FD_SLACK}): something was not released")
+        summary["ok"] = False
     summary["control_lag"] = control.result()
     return summary
+
+
+async def _settle(gw: GatewayProcess, before: int) -> dict[str, float]:
+    """The leak check proper: the load and its client connections are gone, so within ``SETTLE_S`` the gateway
+    must hold no more descriptors than before the load (every upstream connection closed or back to a need of
+    zero).  A descriptor held by anything (a connection neither pooled nor closed, a file) stays and shows here."""
+    start = time.monotonic()
+    fds = _fd_count(gw.pids())
+    while fds > before + FD_SLACK and time.monotonic() - start < SETTLE_S:
+        await asyncio.sleep(1.0)
+        fds = _fd_count(gw.pids())
+    return {"before": before, "after": fds, "seconds": round(time.monotonic() - start, 1)}
 
 
 async def _poll_ok(session: aiohttp.ClientSession, url: str, timeout: float) -> bool:
@@ -519,6 +541,9 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| RSS baseline after warm-up / max deviation | {s['rss_mb_after_warmup']['baseline']} MB / "
         f"{s['rss_mb_after_warmup']['max_deviation']:.1%} |",
         f"| fd growth (floor of last third − floor of first third after warm-up) | {s['fd_growth']} |",
+        f"| fds before the load → {SETTLE_S:.0f} s after it (settled in) | "
+        f"{s.get('fds_settled', {}).get('before', '?')} → {s.get('fds_settled', {}).get('after', '?')} "
+        f"({s.get('fds_settled', {}).get('seconds', '?')} s) |",
         "",
         "| t (s) | RSS (MB) | fds | sent |",
         "|---|---|---|---|",

@@ -57,3 +57,10 @@ def test_soak_does_not_grow_open_file_descriptors(soak: dict[str, Any]) -> None:
 def test_soak_applies_sighup_reloads_under_load(soak: dict[str, Any]) -> None:
     """Reloads every 10 s; the last one's new endpoint answers."""
     assert soak["reloads"] >= 2 and soak["last_reload_applied"] is True
+
+
+def test_soak_releases_every_descriptor_once_the_load_is_gone(soak: dict[str, Any]) -> None:
+    """After the load and its client connections are gone, the gateway returns to its pre-load descriptor count
+    (+24) within 30 s: every upstream connection closed, nothing held that is not in use."""
+    settled = soak["fds_settled"]
+    assert settled["after"] <= settled["before"] + 24, settled
