@@ -13,11 +13,12 @@ Rules of this file (httpcore ``connection_pool.py``):
   keep it (``Http11Connection.is_reusable``); ``close()``, an abandoned body, an error or a cancellation
   closes it.  Every acquired slot is returned exactly once, by ``HttpClient._settle``.
 * Idle connections follow the recent load, not its history (``OriginPool.sweep``, every ``SWEEP_INTERVAL_S``): a
-  pool keeps at most as many connections as were in use at once since the previous sweep, closing the oldest idle
-  ones beyond that, besides those idle for ``KEEPALIVE_TIMEOUT_S``.  Reuse is most-recent-first, so without this a
-  burst (a slow backend, a stalled loop) would leave hundreds of connections that the next burst touches again
-  before they expire: descriptors would follow the largest burst of the last half minute.  nginx caps the same
-  thing with a fixed ``keepalive N``; here the cap is the measured need, so a steady load never churns.
+  pool keeps at most as many connections as were in use at once since the previous sweep (but ``IDLE_KEPT_MIN``
+  idle ones at least), closing the oldest idle ones beyond that, besides those idle for ``KEEPALIVE_TIMEOUT_S``.
+  Reuse is most-recent-first, so without this a burst (a slow backend, a stalled loop) would leave hundreds of
+  connections that the next burst touches again before they expire: descriptors would follow the largest burst
+  of the last half minute.  nginx caps the same thing with a fixed ``keepalive N``; here the cap is the measured
+  need, so a steady load never churns.
 * One retry, for one case only: a *reused* idle connection broke before a single response byte arrived (the
   server closed it while we were picking it: the stale keep-alive race), the method is idempotent (RFC 9110
   §9.2.2) and the body is bytes or absent (a consumed stream cannot be replayed).  The retry uses a fresh
@@ -94,6 +95,7 @@ _BYTES_TYPES = (bytes, bytearray, memoryview)
 SWEEP_INTERVAL_S = 5.0  # idle connections beyond the recent need close 5–10 s after a burst; expired ones ≤ 5 s late
 QUICK_CLOSE_S = 1.0  # an idle connection lost this soon after its response was closed without notice (evidence a)
 CLOSES_IDLE_MEMORY_S = 300.0  # an origin stays marked this long after its latest evidence of closing without notice
+IDLE_KEPT_MIN = 4  # idle connections an origin may keep to their keep-alive expiry whatever the recent need
 MARKED_IDLE_MAX = 8  # idle connections a marked origin keeps (requests that cannot be resent do not consume them)
 
 
@@ -207,12 +209,14 @@ class OriginPool:
     def sweep(self, now: float) -> list[Http11Connection]:
         """Evict expired idle connections, and the oldest idle ones beyond what the last interval needed: at most
         ``peak`` connections (the most in use at once since the previous sweep) are kept in all, so a burst's
-        connections are closed one or two intervals after it.  Returns them for closing."""
+        connections are closed one or two intervals after it — but up to ``IDLE_KEPT_MIN`` idle ones always stay
+        to their keep-alive expiry, so sparse traffic (a call every 20 s) still reuses its connection.  Returns
+        them for closing."""
         idle = self.idle
         expired = [c for c in idle if c.has_expired(now)]
         if expired:
             idle = self.idle = [c for c in idle if not c.has_expired(now)]
-        excess = len(idle) - max(0, self.peak - self.active)
+        excess = len(idle) - max(IDLE_KEPT_MIN, self.peak - self.active)
         if excess > 0:
             expired.extend(idle[:excess])
             del idle[:excess]
