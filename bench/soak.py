@@ -424,12 +424,7 @@ async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, r
             reload_applied = await _poll_ok(session, f"{gw.base_url}/reload-{reloads}/x", 10.0)
     settled = await _settle(gw, fds_before)
     lag = lag_end.since(lag_start)
-    summary = _summarise(tally, samples, lag, lag_first_read_s, reloads, reload_applied, rate, args)
-    summary["fds_settled"] = settled
-    if settled["after"] > fds_before + FD_SLACK:
-        summary["failures"].append(f"{settled['after'] - fds_before} more descriptors than before the load "
-                                   f"{SETTLE_S:.0f} s after it ended (limit {FD_SLACK}): something was not released")
-        summary["ok"] = False
+    summary = _summarise(tally, samples, lag, lag_first_read_s, reloads, reload_applied, settled, rate, args)
     summary["control_lag"] = control.result()
     return summary
 
@@ -467,7 +462,8 @@ def _percentile(values: list[float], q: float) -> float:
 
 
 def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read_s: float, reloads: int,
-               reload_applied: bool, rate: float, args: argparse.Namespace) -> dict[str, Any]:
+               reload_applied: bool, settled: dict[str, float], rate: float,
+               args: argparse.Namespace) -> dict[str, Any]:
     after = [s for s in samples if s.t >= args.warmup]
     failures: list[str] = []
     if tally.lost:
@@ -489,6 +485,9 @@ def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read
         fd_growth = min(s.fds for s in after[-third:]) - min(s.fds for s in after[:third])
         if fd_growth > FD_SLACK:
             failures.append(f"open file descriptors grew by {fd_growth} (limit {FD_SLACK})")
+    if settled["after"] > settled["before"] + FD_SLACK:
+        failures.append(f"{settled['after'] - settled['before']} more descriptors than before the load "
+                        f"{SETTLE_S:.0f} s after it ended (limit {FD_SLACK}): something was not released")
     if not reload_applied:
         failures.append(f"the last SIGHUP reload (#{reloads}) was not applied")
     return {
@@ -508,6 +507,7 @@ def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read
                      "over_50ms_by_reading": int(lag_first_read_s > 0.04)},
         "rss_mb_after_warmup": {"baseline": round(rss_base, 1), "max_deviation": round(rss_dev, 4)},
         "fd_growth": fd_growth,
+        "fds_settled": settled,
         "samples": [asdict(s) | {"rss_mb": round(s.rss_mb, 1)} for s in samples],
         "by_route": {k: dict(v) for k, v in sorted(tally.by_route.items())},
         "violations": tally.violations,
@@ -519,6 +519,7 @@ def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read
 
 def markdown(summary: dict[str, Any]) -> str:
     s = {"control_lag": {"samples": 0, "over_50ms": 0, "max_s": 0.0}} | summary
+    settled = s["fds_settled"]
     lines = [
         f"# Soak: {s['duration_s']} s at {s['rate_rps']} rps — {'PASS' if s['ok'] else 'FAIL'}",
         "",
@@ -541,9 +542,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"| RSS baseline after warm-up / max deviation | {s['rss_mb_after_warmup']['baseline']} MB / "
         f"{s['rss_mb_after_warmup']['max_deviation']:.1%} |",
         f"| fd growth (floor of last third − floor of first third after warm-up) | {s['fd_growth']} |",
-        f"| fds before the load → {SETTLE_S:.0f} s after it (settled in) | "
-        f"{s.get('fds_settled', {}).get('before', '?')} → {s.get('fds_settled', {}).get('after', '?')} "
-        f"({s.get('fds_settled', {}).get('seconds', '?')} s) |",
+        f"| fds before the load → {SETTLE_S:.0f} s after it (settled in) | {settled['before']} → "
+        f"{settled['after']} ({settled['seconds']} s) |",
         "",
         "| t (s) | RSS (MB) | fds | sent |",
         "|---|---|---|---|",
