@@ -351,9 +351,11 @@ def _fd_count(pids: list[int]) -> int:
     return total
 
 
-async def _metrics(session: aiohttp.ClientSession, gw: GatewayProcess) -> LoopLag:
+async def _metrics(session: aiohttp.ClientSession, gw: GatewayProcess) -> tuple[LoopLag, LoopLag]:
+    """(lag, stall): the lag histogram and the same samples less the loop thread's run-queue wait."""
     async with session.get(gw.admin_url + "/metrics") as resp:
-        return parse_loop_lag(await resp.text())
+        text = await resp.text()
+    return parse_loop_lag(text), parse_loop_lag(text, "gateway_event_loop_stall_seconds")
 
 
 async def _fill_pool(session: aiohttp.ClientSession, base: str) -> None:
@@ -423,8 +425,9 @@ async def soak(gw: GatewayProcess, servers: Servers, args: argparse.Namespace, r
         if reloads:
             reload_applied = await _poll_ok(session, f"{gw.base_url}/reload-{reloads}/x", 10.0)
     settled = await _settle(gw, fds_before)
-    lag = lag_end.since(lag_start)
-    summary = _summarise(tally, samples, lag, lag_first_read_s, reloads, reload_applied, settled, rate, args)
+    lag = lag_end[0].since(lag_start[0])
+    stall = lag_end[1].since(lag_start[1])
+    summary = _summarise(tally, samples, lag, stall, lag_first_read_s, reloads, reload_applied, settled, rate, args)
     summary["control_lag"] = control.result()
     return summary
 
@@ -461,7 +464,7 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read_s: float, reloads: int,
+def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, stall: LoopLag, lag_first_read_s: float, reloads: int,
                reload_applied: bool, settled: dict[str, float], rate: float,
                args: argparse.Namespace) -> dict[str, Any]:
     after = [s for s in samples if s.t >= args.warmup]
@@ -504,6 +507,7 @@ def _summarise(tally: Tally, samples: list[Sample], lag: LoopLag, lag_first_read
                        for q, p in (("p50", 0.5), ("p90", 0.9), ("p99", 0.99), ("max", 1.0))},
         "loop_lag": {"samples": lag.samples, "p99_le_s": lag.quantile(0.99), "p999_le_s": lag.quantile(0.999),
                      "max_le_s": lag.quantile(1.0), "over_50ms": lag.over_50ms,
+                     "stall_over_50ms": stall.over_50ms,
                      "over_50ms_by_reading": int(lag_first_read_s > 0.04)},
         "rss_mb_after_warmup": {"baseline": round(rss_base, 1), "max_deviation": round(rss_dev, 4)},
         "fd_growth": fd_growth,
@@ -537,6 +541,8 @@ def markdown(summary: dict[str, Any]) -> str:
         f"≤ {s['loop_lag']['p999_le_s']} s / ≤ {s['loop_lag']['max_le_s']} s |",
         f"| lag samples over 50 ms | {s['loop_lag']['over_50ms']:.0f} of {s['loop_lag']['samples']:.0f} "
         f"({s['loop_lag']['over_50ms_by_reading']} caused by the soak's own first /metrics reading) |",
+        f"| of which stalls (lag less the loop thread's wait for a CPU) over 50 ms | "
+        f"{s['loop_lag'].get('stall_over_50ms', '–')} |",
         f"| control: an idle process's 20 ms timer, samples over 50 ms / max | "
         f"{s['control_lag']['over_50ms']} of {s['control_lag']['samples']} / {s['control_lag']['max_s']} s |",
         f"| RSS baseline after warm-up / max deviation | {s['rss_mb_after_warmup']['baseline']} MB / "

@@ -267,15 +267,18 @@ class Probe:
             t.join(15)
 
 
-def _timed_loop_lag(gw: GatewayProcess) -> tuple[LoopLag, float]:
+def _timed_loop_lag(gw: GatewayProcess) -> tuple[tuple[LoopLag, LoopLag], float]:
     start = time.monotonic()
     lag = _loop_lag(gw)
     return lag, time.monotonic() - start
 
 
-def _loop_lag(gw: GatewayProcess) -> LoopLag:
+def _loop_lag(gw: GatewayProcess) -> tuple[LoopLag, LoopLag]:
+    """(lag, stall): the wall-clock lag histogram, and the same samples less the time the loop thread waited
+    for a CPU (observability/looplag.py) — on a busy 2-core CI machine the first also counts the neighbours."""
     with session() as s:
-        return parse_loop_lag(s.get(gw.admin_url + "/metrics", timeout=10).text)
+        text = s.get(gw.admin_url + "/metrics", timeout=10).text
+    return parse_loop_lag(text), parse_loop_lag(text, "gateway_event_loop_stall_seconds")
 
 
 @dataclass
@@ -290,6 +293,7 @@ class Matrix:
     probe_failures: list[str]
     series: dict[str, list[Outcome]]  # the closeeach cases: every one of their KEEPALIVE_CALLS calls, in order
     lag: dict[str, LoopLag]  # per gateway: samples between the baseline reading (after warm-up) and the end
+    stall: dict[str, LoopLag]  # the same samples less the loop thread's run-queue wait: what the test judges
     # Rendering /metrics runs on the gateway's loop and, with many endpoints, is itself a stall (test_loop_lag.py):
     # the baseline reading may add exactly one late sample, which is allowed when that reading took long enough.
     lag_allowance: dict[str, int]
@@ -386,17 +390,20 @@ def _run_matrix(gateways: dict[str, GatewayProcess], faulty: FaultyServer, closi
     with Probe(list(gateways.values())) as probe, ThreadPoolExecutor(max_workers=len(slow_ids)) as pool:
         time.sleep(0.3)
         outcomes.update(pool.map(run_staggered, enumerate(slow_ids)))
-    lag = {name: _loop_lag(gw).since(baseline[name][0]) for name, gw in gateways.items()}
+    end = {name: _loop_lag(gw) for name, gw in gateways.items()}
+    lag = {name: end[name][0].since(baseline[name][0][0]) for name in gateways}
+    stall = {name: end[name][1].since(baseline[name][0][1]) for name in gateways}
     lat = sorted(probe.latencies)
     if lat:  # figures for docs/reliability.md (shown with -s)
         print(f"\nprobe calls {len(lat)}: median {statistics.median(lat) * 1000:.1f} ms, "
               f"p99 {lat[int(0.99 * (len(lat) - 1))] * 1000:.1f} ms, max {lat[-1] * 1000:.1f} ms")
     for name, figures in lag.items():
         print(f"loop lag {name}: {figures.samples:.0f} samples, over 50 ms {figures.over_50ms:.0f}, "
-              f"p99 <= {figures.quantile(0.99)} s, max <= {figures.quantile(1.0)} s")
+              f"p99 <= {figures.quantile(0.99)} s, max <= {figures.quantile(1.0)} s; "
+              f"stalls over 50 ms {stall[name].over_50ms:.0f}")
     allowance = {name: int(baseline[name][1] > RENDER_STALL_S) for name in gateways}
     return Matrix(gateways, faulty, closing, backend, outcomes, tokens, probe.latencies, probe.failures, series, lag,
-                  allowance)
+                  stall, allowance)
 
 
 def _fire_keepalive(gw: GatewayProcess, path: str) -> list[Outcome]:
@@ -524,11 +531,13 @@ def test_plain_endpoint_answers_at_full_speed_while_functions_hang(matrix: Matri
 
 @pytest.mark.parametrize("name", ["main", "runner", "dead"])
 def test_event_loop_never_stalls_over_50ms_during_the_matrix(matrix: Matrix, name: str) -> None:
-    """gateway_event_loop_lag_seconds: not one sample above 50 ms while every fault is injected and the functions
-    hang (beyond the one late sample the baseline /metrics reading itself may cause)."""
-    lag = matrix.lag[name]
-    assert lag.samples > 100, lag
-    assert lag.over_50ms <= matrix.lag_allowance[name], (lag, matrix.lag_allowance[name])
+    """gateway_event_loop_stall_seconds: not one sample above 50 ms while every fault is injected and the functions
+    hang (beyond the one late sample the baseline /metrics reading itself may cause).  The stall is the timer's
+    lag less the time the loop thread sat on a run queue: CI runs three gateways, a Lambda runner, fault servers
+    and the test's threads on two cores, and the kernel handing a core to one of them is not the gateway's stall."""
+    stall = matrix.stall[name]
+    assert stall.samples > 100, stall
+    assert stall.over_50ms <= matrix.lag_allowance[name], (stall, matrix.lag[name], matrix.lag_allowance[name])
 
 
 # --------------------------------------------------------------------------------------------------------------

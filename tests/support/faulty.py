@@ -461,14 +461,15 @@ class LoopLag:
         return float("inf")
 
 
-def parse_loop_lag(metrics_text: str) -> LoopLag:
+def parse_loop_lag(metrics_text: str, family: str = "gateway_event_loop_lag_seconds") -> LoopLag:
+    """``family`` is the lag histogram or ``gateway_event_loop_stall_seconds`` (lag less run-queue wait)."""
     count = over = window = 0.0
     buckets: list[tuple[float, float]] = []
     for line in metrics_text.splitlines():
-        if line.startswith("gateway_event_loop_lag_seconds_bucket"):
+        if line.startswith(family + "_bucket"):
             le = line.split('le="', 1)[1].split('"', 1)[0]
             buckets.append((float("inf") if le == "+Inf" else float(le), float(line.rsplit(" ", 1)[1])))
-        elif line.startswith("gateway_event_loop_lag_seconds_count"):
+        elif line.startswith(family + "_count"):
             count = float(line.rsplit(" ", 1)[1])
         elif line.startswith("gateway_event_loop_lag_max_seconds"):
             window = float(line.rsplit(" ", 1)[1])

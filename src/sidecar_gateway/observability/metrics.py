@@ -189,6 +189,9 @@ sidecar_nonblocking_queue_depth = Family("sidecar_nonblocking_queue_depth", "Non
                                          mode="livesum")
 loop_lag = Family("gateway_event_loop_lag_seconds", "How late a 20 ms timer fires (event-loop stalls)", _HISTOGRAM,
                   buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
+loop_stall = Family("gateway_event_loop_stall_seconds",
+                    "Event-loop lag less the time the loop thread waited for a CPU (the loop's own stalls)",
+                    _HISTOGRAM, buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0))
 loop_lag_max = Family("gateway_event_loop_lag_max_seconds", "Largest event-loop lag of the last 10 s", _GAUGE,
                       mode="max")
 
