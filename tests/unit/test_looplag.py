@@ -13,11 +13,10 @@ import time
 from multiprocessing.connection import Connection
 
 import pytest
-from support.faulty import LoopLag, parse_loop_lag
 
 from sidecar_gateway.observability.looplag import monitor_loop_lag, open_runqueue_clock
 from sidecar_gateway.observability.metrics import render_metrics
-
+from support.faulty import LoopLag, parse_loop_lag
 
 
 def _has_schedstat() -> bool:
