@@ -58,6 +58,16 @@ _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
+def _thousandths(value: float) -> float:
+    """``value`` to 3 decimals, for the access log: ``round(value, 3)`` is exact but costs ~0.4 µs (a decimal
+    string round trip); the nearest double to k/1000 prints as exactly that decimal (shortest repr)."""
+    return int(value * 1000 + 0.5) / 1000
+
+
+def _ms(seconds: float) -> float:
+    return int(seconds * 1_000_000 + 0.5) / 1000
+
+
 def new_message_id() -> str:
     """A random (version 4) UUID string for ``X-Mashery-Message-ID``.
 
@@ -166,8 +176,8 @@ class GatewayApp:
             if epr is not None:
                 epr.metrics.observe(status, elapsed)
             if self.access_log.enabled:
-                record["duration_ms"] = round(elapsed * 1000, 3)
-                record["ts"] = round(time.time(), 3)
+                record["duration_ms"] = _ms(elapsed)
+                record["ts"] = _thousandths(time.time())
                 self.access_log.write(record)
 
     async def _shed(self, scope: Scope, send: Send) -> None:
@@ -182,7 +192,7 @@ class GatewayApp:
             raw = scope.get("raw_path")
             self.access_log.write({"method": scope["method"], "path": raw.decode("latin-1") if raw else scope["path"],
                                    "status": reply.status, "error": "ServiceUnavailable",
-                                   "ts": round(time.time(), 3)})
+                                   "ts": _thousandths(time.time())})
         await _Responder(send).reply(reply)
 
     async def _handle(self, rt: Runtime, scope: Scope, receive: Receive, responder: _Responder,
@@ -353,7 +363,7 @@ class GatewayApp:
             raise BackendFailure(ErrorCode.BACKEND_UNAVAILABLE) from None
         elapsed = _perf_counter() - t0
         epr.metrics.upstream_duration.observe(elapsed)
-        record["upstream_ms"] = round(elapsed * 1000, 3)
+        record["upstream_ms"] = _ms(elapsed)
         return upstream
 
     @staticmethod

@@ -14,7 +14,8 @@ target.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import NamedTuple
 
 from ..config.plan import EndpointPlan
 from ..errors import ClientError, ErrorCode
@@ -28,8 +29,7 @@ _DOT_SEGMENT = re.compile(r"(?:^|/)(?:\.|%2e){1,2}(?:/|$)", re.IGNORECASE)
 _BAD_ESCAPE = re.compile(r"%(?![0-9a-fA-F]{2})|%2f|%5c", re.IGNORECASE)
 
 
-@dataclass(frozen=True, slots=True)
-class Match:
+class Match(NamedTuple):  # immutable; a tuple is built in ~0.2 µs, a frozen dataclass in ~1 µs
     endpoint: EndpointPlan
     remainder: str  # raw, '' or starting with '/'
 
@@ -50,7 +50,8 @@ class Router:
         by_path: dict[str, list[EndpointPlan]] = {}
         for ep in endpoints:
             by_path.setdefault(ep.public_path, []).append(ep)
-        self._by_path = {k: tuple(v) for k, v in by_path.items()}
+        # per path: its endpoints, and whether any is bound to a public_host (else no per-request host filter)
+        self._by_path = {k: (tuple(v), any(ep.public_host is not None for ep in v)) for k, v in by_path.items()}
 
     def match(self, host: str, method: str, raw_path: str) -> Match:
         """Return the endpoint for the request or raise ``ClientError`` (404/405/400)."""
@@ -59,9 +60,11 @@ class Router:
         by_path = self._by_path
         prefix = raw_path.rstrip("/") or "/"
         while True:
-            group = by_path.get(prefix)
-            if group is not None:
-                candidates = [ep for ep in group if ep.public_host is None or ep.public_host == host]
+            entry = by_path.get(prefix)
+            if entry is not None:
+                group, host_bound = entry
+                candidates = [ep for ep in group if ep.public_host is None or ep.public_host == host] \
+                    if host_bound else group
                 if candidates:
                     remainder = raw_path if prefix == "/" else raw_path[len(prefix):]
                     check_remainder(remainder)
@@ -80,7 +83,7 @@ class MethodNotAllowed(ClientError):
         self.allow = allow
 
 
-def _method_not_allowed(candidates: list[EndpointPlan]) -> MethodNotAllowed:
+def _method_not_allowed(candidates: Sequence[EndpointPlan]) -> MethodNotAllowed:
     methods: set[str] = set()
     for ep in candidates:
         methods |= ep.methods or set()
