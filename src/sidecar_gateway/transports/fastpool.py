@@ -79,7 +79,6 @@ from .http11 import (
     Origin,
     PeerClosedError,
     ReadError,
-    RequestHead,
     TransportError,
     connect,
     encode_request_head,
@@ -175,11 +174,13 @@ class OriginPool:
 
     def give_back(self, conn: Http11Connection) -> asyncio.Future[Http11Connection | None] | None:
         """A reusable connection was released.  Returns the waiter to hand it to, or None (it went idle)."""
-        waiter = self._next_waiter()
-        if waiter is None:
-            self.active -= 1
-            self.idle.append(conn)
-        return waiter  # the slot passes to the waiter: ``active`` unchanged
+        if self.waiters:
+            waiter = self._next_waiter()
+            if waiter is not None:
+                return waiter  # the slot passes to the waiter: ``active`` unchanged
+        self.active -= 1
+        self.idle.append(conn)
+        return None
 
     def drop(self) -> asyncio.Future[Http11Connection | None] | None:
         """A slot was freed (connection closed, connect failed).  Returns a waiter that may now create."""
@@ -293,7 +294,10 @@ class HttpResponse:
         conn = self._conn
         if conn is None:
             return b""
-        return await conn.read_body_chunk()
+        data = conn.read_body_ready()  # without a coroutine when the bytes (or the end) are there already
+        if data is None:
+            data = await conn.read_body_chunk()
+        return data
 
     @property
     def body_complete(self) -> bool:
@@ -306,7 +310,7 @@ class HttpResponse:
         conn = self._conn
         if conn is not None:
             self._conn = None
-            self._client._settle(self._pool, conn, self._writer, reuse=True)
+            self._client._settle(self._pool, conn, self._writer, True)
 
     def close(self) -> None:
         """Drop the connection (used when the body is abandoned half-way)."""
@@ -365,46 +369,48 @@ class HttpClient:
         pool.requests += 1
         is_head = method == "HEAD"
         replayable = not streamed and method in IDEMPOTENT_METHODS
-        conn, reused = await self._acquire(pool, False, replayable)
-        try:
-            return await self._exchange(pool, conn, head, body, streamed, is_head)
-        except PeerClosedError:
-            if not reused or conn.response_started:
-                raise
-            # the stale keep-alive race: the origin closes idle connections without notice (evidence b)
-            pool.note_stale_reuse(conn.loop.time())
-            if not replayable:
-                raise
-        # resent once, on a fresh connection
-        conn, _ = await self._acquire(pool, True, replayable)
-        return await self._exchange(pool, conn, head, body, streamed, is_head)
-
-    async def _exchange(self, pool: OriginPool, conn: Http11Connection, head: RequestHead,
-                        body: bytes | AsyncIterable[bytes] | None, streamed: bool, is_head: bool) -> HttpResponse:
-        writer: asyncio.Task[None] | None = None
-        try:
-            if streamed:
-                conn.start_streamed_request(head, is_head)
-                writer = conn.loop.create_task(conn.send_body_stream(body, head))  # type: ignore[arg-type]
-            else:
-                conn.start_request(head, body, is_head)  # type: ignore[arg-type]
-            await conn.receive_head()
-        except BaseException:
-            self._settle(pool, conn, writer, reuse=False)
-            raise
-        return HttpResponse(self, pool, conn, writer)
-
-    async def _acquire(self, pool: OriginPool, fresh: bool, replayable: bool) -> tuple[Http11Connection, bool]:
-        """A connection for one request and whether it was reused."""
         loop = self._loop
         if loop is None:
             loop = self._loop = asyncio.get_running_loop()
-        decision, conn, to_close = pool.assign(loop.time(), fresh, replayable)
-        for stale in to_close:
-            stale.close()
-        if decision is _REUSE:
+        # At most two attempts: the second (``fresh``) only after the stale keep-alive race.  Acquiring and the
+        # exchange are inline, not helper coroutines: each coroutine level costs its creation and a pass on every
+        # resumption, per request.
+        fresh = False
+        while True:
+            decision, conn, to_close = pool.assign(loop.time(), fresh, replayable)
+            for stale in to_close:
+                stale.close()
+            if decision is _REUSE:
+                reused = True
+            else:
+                conn, reused = await self._open(pool, decision, replayable)
             assert conn is not None
-            return conn, True
+            writer: asyncio.Task[None] | None = None
+            try:
+                if streamed:
+                    conn.start_streamed_request(head, is_head)
+                    writer = conn.loop.create_task(conn.send_body_stream(body, head))  # type: ignore[arg-type]
+                else:
+                    conn.start_request(head, body, is_head)  # type: ignore[arg-type]
+                await conn.receive_head()
+            except BaseException as exc:
+                self._settle(pool, conn, writer, False)
+                if fresh or not reused or conn.response_started or not isinstance(exc, PeerClosedError):
+                    raise
+                # the stale keep-alive race: the origin closes idle connections without notice (evidence b)
+                pool.note_stale_reuse(conn.loop.time())
+                if not replayable:
+                    raise
+                fresh = True  # resent once, on a fresh connection
+                continue
+            return HttpResponse(self, pool, conn, writer)
+
+    async def _open(self, pool: OriginPool, decision: Decision,
+                    replayable: bool) -> tuple[Http11Connection, bool]:
+        """``request``'s slow path: a slot was reserved (CREATE) or must be waited for (WAIT).  Returns a
+        connection for one request and whether it was reused (a waiter may be handed a released one)."""
+        loop = self._loop
+        assert loop is not None
         if decision is _WAIT:
             waiter: asyncio.Future[Http11Connection | None] = loop.create_future()
             pool.waiters.append(waiter)
@@ -424,7 +430,8 @@ class HttpClient:
                     pool.waiters.remove(waiter)
                 raise
             if handed is not None:
-                if not pool.avoids_reuse(loop.time(), replayable):
+                # lost between its release and this task's resumption (the server closed it): never write to it
+                if not handed.is_closed and not pool.avoids_reuse(loop.time(), replayable):
                     return handed, True
                 handed.close()  # it may be closing already (the server's FIN not yet read): open one in its slot
         try:

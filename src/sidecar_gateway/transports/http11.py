@@ -77,7 +77,9 @@ MAX_HEADER_COUNT = 100  # response header lines (Envoy max_headers_count 100; Ap
 READ_HIGH_WATER = 256 * 1024  # buffered body bytes before pause_reading (Envoy ChunkQueue: resume below half)
 READ_LOW_WATER = READ_HIGH_WATER // 2
 COALESCE_BODY_MAX = 64 * 1024  # bytes bodies up to this go out in the head's write (one syscall; copy is cheap)
-URL_CACHE_SIZE = 1024  # parsed authorities kept (backend origins come from configuration: a few dozen)
+URL_CACHE_SIZE = 1024  # parsed authorities, and split URLs, kept (backend origins come from configuration)
+NAME_CACHE_SIZE = 1024  # request header names known to be valid (``_known_names``)
+URL_CACHED_MAX_CHARS = 2048  # longer URLs are split every time (bounds the URL cache to a few MiB)
 
 # uvicorn httptools_impl HEADER_RE / HEADER_VALUE_RE: names are RFC 9110 tokens; values carry no control
 # characters but HTAB (RFC 9110 §5.5: CR, LF and NUL are never allowed).
@@ -91,6 +93,14 @@ _TOKEN_BAD = _HEADER_NAME_BAD  # a method is a token too
 _HEADER_LINES = re.compile(
     rb'(?:[^\x00-\x20\x7f-\xff()<>@,;:\[\]={}\\"/?]+: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*').fullmatch
 _FRAMING_NAMES = frozenset({b"host", b"content-length", b"transfer-encoding", b"connection"})
+# Header names known to be tokens and not in _FRAMING_NAMES in any case (names repeat from request to request):
+# membership replaces both ``name.lower()`` and the name check.  Bounded: cleared when it reaches NAME_CACHE_SIZE
+# (names come from clients; an attacker inventing names costs one clear per NAME_CACHE_SIZE of them).
+_known_names: set[bytes] = set()
+# The value check as one translate and one count over the encoded lines: every byte a value must not carry
+# (_HEADER_VALUE_BAD: controls but HTAB, and DEL) becomes LF.  Token names and ": " carry none of them, each line
+# ends with the CR LF we add, so the block has exactly 2 LF per field after translation iff no value has one.
+_VALUE_BAD_TO_LF = bytes(10 if _HEADER_VALUE_BAD(bytes([i])) else i for i in range(256))
 _SEQUENCES = (list, tuple)
 # Response fields ``on_header`` looks at (framing and connection management); any other costs one set lookup.
 _RESPONSE_FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection", b"keep-alive"})
@@ -174,10 +184,26 @@ _UNTIL_CLOSE = Framing.UNTIL_CLOSE
 # --------------------------------------------------------------------------------------------- pure functions
 
 _authorities: dict[tuple[str, str], tuple[Origin, bytes]] = {}
+# Whole URLs already split (function URLs always repeat, backend paths often): one dict lookup instead of ~2 µs of
+# regex and checks.  Only successes are stored, so a bad URL raises its ValueError every time; the entries are
+# immutable tuples of immutable values.  Bounded like ``_authorities``: cleared when full (a workload of unique URLs
+# pays one insert per request and a clear per ``URL_CACHE_SIZE`` of them).
+_urls: dict[str, tuple[Origin, bytes, bytes]] = {}
 
 
 def split_url(url: str) -> tuple[Origin, bytes, bytes]:
     """``url`` (absolute, already percent-encoded) → (origin, request target, default Host header value)."""
+    split = _urls.get(url)
+    if split is None:
+        split = _split_url(url)
+        if len(url) <= URL_CACHED_MAX_CHARS:
+            if len(_urls) >= URL_CACHE_SIZE:
+                _urls.clear()
+            _urls[url] = split
+    return split
+
+
+def _split_url(url: str) -> tuple[Origin, bytes, bytes]:
     m = _URL_RE.match(url)
     if m is None:
         raise ValueError(f"not an absolute http(s) URL: {url!r}")
@@ -240,6 +266,7 @@ class RequestHead(NamedTuple):
 
 
 _methods: dict[str, bytes] = {}
+_new_tuple = tuple.__new__
 
 
 def encode_request_head(method: str, target: bytes, headers: Iterable[tuple[bytes, bytes]], host: bytes,
@@ -259,35 +286,50 @@ def encode_request_head(method: str, target: bytes, headers: Iterable[tuple[byte
         line = _methods.setdefault(method, raw + b" ")
     if not isinstance(headers, _SEQUENCES):
         headers = list(headers)  # iterated twice when a field is invalid
-    parts = [line, target, b" HTTP/1.1\r\n"]
-    append = parts.append
+    fields: list[bytes] = []
+    extend = fields.extend
+    known = _known_names
+    unknown_name = False
     has_host = False
     content_length: bytes | None = None
     transfer_encoding: bytes | None = None
     keep_alive = True
     for name, value in headers:
-        lname = name.lower()
-        if lname in _FRAMING_NAMES:
-            if lname == b"host":
-                has_host = True
-            elif lname == b"content-length":
-                _check_header(name, value)
-                if content_length is not None:
-                    _check_headers_before_second_length(headers)  # an invalid field before it is reported first
-                    raise ValueError("more than one Content-Length header")
-                content_length = value
-                continue  # written below, once, after validation
-            elif lname == b"transfer-encoding":
-                _check_header(name, value)
-                transfer_encoding = value
-                continue
-            elif b"close" in value.lower():  # connection
-                keep_alive = False
-        append(name + b": " + value + b"\r\n")
-    block = b"".join(parts[3:])
-    if _HEADER_LINES(block) is None or block.count(b"\n") != len(parts) - 3:  # see _HEADER_LINES
+        if name not in known:  # a framing field, a name not seen yet or not a token (``_known_names``)
+            lname = name.lower()
+            if lname in _FRAMING_NAMES:
+                if lname == b"host":
+                    has_host = True
+                elif lname == b"content-length":
+                    _check_header(name, value)
+                    if content_length is not None:
+                        _check_headers_before_second_length(headers)  # an invalid field before it is reported first
+                        raise ValueError("more than one Content-Length header")
+                    content_length = value
+                    continue  # written below, once, after validation
+                elif lname == b"transfer-encoding":
+                    _check_header(name, value)
+                    transfer_encoding = value
+                    continue
+                elif b"close" in value.lower():  # connection
+                    keep_alive = False
+            elif name and _HEADER_NAME_BAD(name) is None:
+                if len(known) >= NAME_CACHE_SIZE:
+                    known.clear()
+                known.add(name)
+            else:
+                unknown_name = True  # not a token: ``_HEADER_LINES`` decides below
+        extend((name, b": ", value, b"\r\n"))
+    block = b"".join(fields)
+    count = len(fields) >> 2
+    # Plainly valid (every name a token, no value with a control character but HTAB, see _VALUE_BAD_TO_LF) is
+    # accepted by ``_HEADER_LINES`` too; anything else gets exactly that rule, then the per-field errors.
+    if (unknown_name or block.translate(_VALUE_BAD_TO_LF).count(b"\n") != 2 * count) and (
+            _HEADER_LINES(block) is None or block.count(b"\n") != count):  # see _HEADER_LINES
         for name, value in headers:
             _check_header(name, value)
+    parts = [line, target, b" HTTP/1.1\r\n", block]
+    append = parts.append
     if not has_host:
         append(b"host: %b\r\n" % host)
 
@@ -320,7 +362,8 @@ def encode_request_head(method: str, target: bytes, headers: Iterable[tuple[byte
             append(_CL_ZERO)
         length = size
     append(_LINE_END)
-    return RequestHead(b"".join(parts), length, chunked, keep_alive)
+    # ``RequestHead(...)`` without the Python-level ``__new__`` that NamedTuple generates (0.3 µs)
+    return _new_tuple(RequestHead, (b"".join(parts), length, chunked, keep_alive))
 
 
 def _check_header(name: bytes, value: bytes) -> None:
@@ -367,7 +410,6 @@ class Http11Connection(asyncio.Protocol):
         "_head_bytes",
         "_head_is_head",
         "_head_raw",
-        "_header_count",
         "_interim",
         "_lost",
         "_parser",
@@ -427,7 +469,6 @@ class Http11Connection(asyncio.Protocol):
         self._interim = False
         self._head_bytes = 0
         self._head_raw = 0
-        self._header_count = 0
         self._framing_hint = _UNTIL_CLOSE
         self._conn_header_close = False
         self._conn_header_keep_alive = False
@@ -445,7 +486,8 @@ class Http11Connection(asyncio.Protocol):
     def has_expired(self, now: float) -> bool:
         """Idle for ``idle_limit`` (``KEEPALIVE_TIMEOUT_S`` or the server's announced timeout less a margin) or
         longer, or already closed: not worth a request."""
-        return self.is_closed or (self.state is _IDLE and now - self.idle_since >= self.idle_limit)
+        state = self.state  # ``is_closed`` inline: asked for every pooled connection handed out
+        return self._lost or state is _CLOSED or (state is _IDLE and now - self.idle_since >= self.idle_limit)
 
     @property
     def body_drained(self) -> bool:
@@ -525,17 +567,17 @@ class Http11Connection(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         if self.state is not _AWAIT_HEAD:
             return  # a second message after the response: data_received marks the connection unusable
-        count = self._header_count = self._header_count + 1
+        headers = self.headers  # this head's fields so far: its length counts them
         size = self._head_bytes = self._head_bytes + len(name) + len(value) + 4
-        if count > MAX_HEADER_COUNT or size > MAX_HEAD_BYTES:
-            if count > MAX_HEADER_COUNT:
+        if len(headers) >= MAX_HEADER_COUNT or size > MAX_HEAD_BYTES:
+            if len(headers) >= MAX_HEADER_COUNT:
                 self._pending_error = _read_error(
                     f"response from {self.origin} has more than {MAX_HEADER_COUNT} headers")
             else:
                 self._pending_error = _read_error(f"response head from {self.origin} exceeds {MAX_HEAD_BYTES} bytes")
             raise _ParseAbort
         lname = name.lower()
-        self.headers.append((lname, value))
+        headers.append((lname, value))
         if lname not in _RESPONSE_FRAMING_NAMES:
             return
         if lname == b"content-length":
@@ -566,15 +608,20 @@ class Http11Connection(asyncio.Protocol):
                 raise _ParseAbort
             self._interim = True  # 1xx (RFC 9110 §15.2): skip it, the final response follows
             self.headers = []
-            self._header_count = 0
             self._framing_hint = _UNTIL_CLOSE
             self._conn_header_close = self._conn_header_keep_alive = False
             return
         self.status = status
-        if parser.get_http_version() == "1.0":  # type: ignore[union-attr]
-            keep_alive = self._conn_header_keep_alive and not self._conn_header_close
+        # HTTP/1.0 keeps the connection only with a ``keep-alive`` token, later versions unless ``close``.  The
+        # version string costs 0.5 µs (a str.format in httptools), so it is asked only when nothing else decides:
+        # llhttp's own verdict is True only for a minor version > 0 or with a keep-alive token (llhttp
+        # ``llhttp_should_keep_alive``), and either way the answer is not a bare HTTP/1.0 one.
+        if self._conn_header_close:
+            keep_alive = False
+        elif self._conn_header_keep_alive or parser.should_keep_alive():  # type: ignore[union-attr]
+            keep_alive = True
         else:
-            keep_alive = not self._conn_header_close
+            keep_alive = parser.get_http_version() != "1.0"  # type: ignore[union-attr]
         if self._head_is_head or status == 204 or status == 304:
             framing = _NO_BODY
         else:
@@ -685,24 +732,36 @@ class Http11Connection(asyncio.Protocol):
                 raise self._error
             if self.state is not _AWAIT_HEAD:
                 raise _read_error(f"connection to {self.origin} is closed")
-            await self._wait()
+            waiter = self._waiter = self.loop.create_future()  # set by _wake (one coroutine level less than a helper)
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+
+    def read_body_ready(self) -> bytes | None:
+        """What ``read_body_chunk`` returns when it need not wait (everything buffered so far, or ``b""`` at the
+        end of the body), else None.  A plain call: the reader's fast path, no coroutine."""
+        buffer = self._buffer
+        if buffer:
+            data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+            buffer.clear()
+            self._buffered = 0
+            if self._read_paused:
+                self._read_paused = False
+                if self._transport is not None:
+                    self._transport.resume_reading()
+            return data
+        if self.state is _COMPLETE:
+            return b""
+        return None
 
     async def read_body_chunk(self) -> bytes:
         """The next piece of the body (everything buffered so far); ``b""`` at its end."""
         while True:
-            buffer = self._buffer
-            if buffer:
-                data = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
-                buffer.clear()
-                self._buffered = 0
-                if self._read_paused:
-                    self._read_paused = False
-                    if self._transport is not None:
-                        self._transport.resume_reading()
+            data = self.read_body_ready()
+            if data is not None:
                 return data
             state = self.state
-            if state is _COMPLETE:
-                return b""
             error = self._error
             if error is not None:  # a new instance of the same class: each reader gets its own traceback
                 fresh = type(error)(str(error))
@@ -710,7 +769,11 @@ class Http11Connection(asyncio.Protocol):
                 raise fresh
             if state is not _BODY:
                 raise _read_error(f"no response body in progress on {self.origin}")
-            await self._wait()
+            waiter = self._waiter = self.loop.create_future()  # set by on_body and _wake
+            try:
+                await waiter
+            finally:
+                self._waiter = None
 
     def finish(self) -> None:
         """The response was consumed and the pool keeps the connection: back to idle."""
@@ -743,13 +806,6 @@ class Http11Connection(asyncio.Protocol):
         if transport is not None and not transport.is_closing():
             transport.abort()
         self._wake()
-
-    async def _wait(self) -> None:
-        waiter = self._waiter = self.loop.create_future()
-        try:
-            await waiter
-        finally:
-            self._waiter = None
 
     def _wake(self) -> None:
         waiter = self._waiter
