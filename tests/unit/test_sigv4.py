@@ -4,6 +4,8 @@ and reproduces vectors of the official AWS Signature Version 4 test suite, inter
 from __future__ import annotations
 
 import hashlib
+import hmac
+import os
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 from unittest import mock
@@ -308,3 +310,36 @@ def test_aws_test_suite_post_vanilla_canonical_request() -> None:
                                    sigv4.canonical_headers(to_sign), sigv4.signed_headers(to_sign),
                                    sigv4.hashed_payload(b""))
     assert creq == POST_VANILLA_CREQ
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# PreparedSigner (the Lambda transport's per-call signer) and the cached-pad HMAC: the same bytes as sign()
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("name", "case"), EQUIVALENCE_CASES, ids=[c[0] for c in EQUIVALENCE_CASES])
+@pytest.mark.parametrize("token", [TOKEN, None, "  spaced   token  "], ids=["token", "no-token", "spaced-token"])
+def test_prepared_signer_adds_exactly_what_sign_adds(name: str, case: dict[str, Any], token: str | None) -> None:
+    region = case.get("region", "eu-west-1")
+    service = case.get("service", "lambda")
+    signer = sigv4.PreparedSigner("POST", case["url"], case["headers"])
+    for when in (case.get("when", FROZEN), datetime(2031, 2, 3, 4, 5, 6, 789, tzinfo=UTC)):
+        expected = _ours("POST", case["url"], case["headers"], case["body"], token=token, region=region,
+                         service=service, when=when)
+        got = signer.sign(case["body"], access_key=ACCESS_KEY, secret_key=SECRET_KEY, session_token=token,
+                          region=region, service=service, timestamp=when)
+        assert got == expected
+
+
+def test_prepared_signer_refuses_what_sign_refuses_and_a_given_payload_hash() -> None:
+    with pytest.raises(ValueError, match="adds"):
+        sigv4.PreparedSigner("POST", LAMBDA_URL, [("Authorization", "x")])
+    with pytest.raises(ValueError, match="payload hash"):
+        sigv4.PreparedSigner("POST", LAMBDA_URL, [("X-Amz-Content-SHA256", "UNSIGNED-PAYLOAD")])
+
+
+@pytest.mark.parametrize("key_length", [0, 1, 32, 63, 64, 65, 200])
+def test_signature_is_hmac_sha256_for_keys_of_any_length(key_length: int) -> None:
+    key = os.urandom(key_length)
+    for message in ("", "AWS4-HMAC-SHA256\n20240506T070809Z\nscope\nabc", "é☕" * 100):
+        assert sigv4.signature(key, message) == hmac.new(key, message.encode(), hashlib.sha256).hexdigest()

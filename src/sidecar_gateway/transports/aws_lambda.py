@@ -27,7 +27,7 @@ from ..errors import ErrorCode, InvocationError
 from .aws_credentials import AwsCredentialProvider
 from .base import InvocationType, InvokeResult, ResultKind
 from .pool import ConnectError, HttpClient, ReadError
-from .sigv4 import sign
+from .sigv4 import PreparedSigner
 
 __all__ = ["AwsLambdaTransport", "classify", "invoke_url", "lambda_endpoint"]
 
@@ -103,6 +103,7 @@ class AwsLambdaTransport:
         self.url = invoke_url(self.endpoint, conn.function_arn)
         self._headers = {t: [(_INVOCATION_TYPE, t.value), _CONTENT_TYPE] for t in InvocationType}
         self._wire = {t: [(k.encode("latin-1"), v.encode("latin-1")) for k, v in h] for t, h in self._headers.items()}
+        self._signers = {t: PreparedSigner("POST", self.url, h) for t, h in self._headers.items()}  # sign() per call
 
     def __repr__(self) -> str:
         return f"<AwsLambdaTransport {self._conn.function_arn} via {self.endpoint}>"
@@ -110,10 +111,10 @@ class AwsLambdaTransport:
     async def invoke(self, payload: bytes, *, invocation_type: InvocationType, message_id: str,
                      deadline: float) -> InvokeResult:
         credentials = await self._credentials.for_connection(self._conn)
-        headers = self._headers[invocation_type]
-        added = sign("POST", self.url, headers, payload, access_key=credentials.access_key,
-                     secret_key=credentials.secret_key, session_token=credentials.token,
-                     region=self._conn.region, service=SERVICE, timestamp=datetime.now(UTC))
+        added = self._signers[invocation_type].sign(payload, access_key=credentials.access_key,
+                                                    secret_key=credentials.secret_key,
+                                                    session_token=credentials.token, region=self._conn.region,
+                                                    service=SERVICE, timestamp=datetime.now(UTC))
         wire = [*self._wire[invocation_type], *((k.encode("latin-1"), v.encode("latin-1")) for k, v in added)]
         try:
             response = await self._client.request("POST", self.url, wire, payload)

@@ -30,11 +30,13 @@ import hmac
 import logging
 from collections.abc import Iterable
 from datetime import UTC, datetime
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 __all__ = [
     "ALGORITHM",
     "EMPTY_SHA256_HASH",
+    "PreparedSigner",
     "amz_date",
     "authorization",
     "canonical_headers",
@@ -72,15 +74,19 @@ RESERVED_HEADERS = frozenset({"authorization", "x-amz-date", "x-amz-security-tok
 SIGNING_KEY_CACHE = 64
 # The canonical pieces of a URL are cached per URL: a gateway invokes a few hundred functions at most.
 URL_PARTS_CACHE = 1024
+_SHA256_BLOCK = 64  # bytes: the HMAC pads' length for SHA-256
 _PATH_SAFE = "/~"  # botocore ``_normalize_url_path``: RFC 3986 unreserved chars besides alnum and '-._' are safe
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def amz_date(timestamp: datetime) -> str:
-    """``X-Amz-Date``: the instant in UTC, basic ISO 8601.  A naive ``timestamp`` is taken as UTC."""
-    if timestamp.tzinfo is not None:
+    """``X-Amz-Date``: the instant in UTC, basic ISO 8601 (``SIGV4_TIMESTAMP``).  A naive ``timestamp`` is taken
+    as UTC.  Formatted by hand: ``strftime`` plus ``astimezone`` cost ~5 µs, this ~1 µs (once per Invoke)."""
+    tz = timestamp.tzinfo
+    if tz is not None and tz is not UTC:
         timestamp = timestamp.astimezone(UTC)
-    return timestamp.strftime(SIGV4_TIMESTAMP)
+    t = timestamp
+    return f"{t.year:04d}{t.month:02d}{t.day:02d}T{t.hour:02d}{t.minute:02d}{t.second:02d}Z"
 
 
 def host_from_url(url: str) -> str:
@@ -198,8 +204,25 @@ def signing_key(secret_key: str, date: str, region: str, service: str) -> bytes:
 
 
 def signature(key: bytes, string_to_sign_: str) -> str:
-    """Signature: hex HMAC-SHA256 of the string to sign with the derived signing key."""
-    return hmac.new(key, string_to_sign_.encode("utf-8"), hashlib.sha256).hexdigest()
+    """Signature: hex HMAC-SHA256 of the string to sign with the derived signing key.  RFC 2104 spelled out over
+    SHA-256 states that already absorbed the key's inner and outer pads (cached per key: it changes once a
+    day): ~1.7 µs instead of ~4.3 µs for ``hmac.new`` (the same bytes; tests/unit/test_sigv4.py)."""
+    inner_pad, outer_pad = _pads(key)
+    inner = inner_pad.copy()
+    inner.update(string_to_sign_.encode("utf-8"))
+    outer = outer_pad.copy()
+    outer.update(inner.digest())
+    return outer.hexdigest()
+
+
+@functools.lru_cache(maxsize=SIGNING_KEY_CACHE)
+def _pads(key: bytes) -> tuple[Any, Any]:
+    """SHA-256 states after absorbing ``key ^ ipad`` and ``key ^ opad`` (RFC 2104; a 32-byte key needs no
+    hashing, and a longer one is hashed first as the RFC says)."""
+    if len(key) > _SHA256_BLOCK:
+        key = hashlib.sha256(key).digest()
+    key = key.ljust(_SHA256_BLOCK, b"\0")
+    return (hashlib.sha256(bytes(b ^ 0x36 for b in key)), hashlib.sha256(bytes(b ^ 0x5C for b in key)))
 
 
 def authorization(access_key: str, scope: str, signed_headers_: str, signature_: str) -> str:
@@ -239,3 +262,66 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
     sig = signature(signing_key(secret_key, request_date_time[:8], region, service), sts)
     added.append(("Authorization", authorization(access_key, scope, signed, sig)))
     return added
+
+
+class PreparedSigner:
+    """``sign`` for one method, URL and set of headers — a Lambda transport's Invoke — with everything that is the
+    same on every call computed once: the canonical URI and query, the sorted signed-header names, the canonical
+    lines of the fixed headers.  Per call only the date, the token, the payload hash, two SHA-256 and one HMAC
+    remain (~7 µs instead of ~23 µs).  Same output as ``sign`` byte for byte (tests/unit/test_sigv4.py)."""
+
+    __slots__ = ("_fixed", "_given", "_host", "_method", "_path", "_query", "_url")
+
+    def __init__(self, method: str, url: str, headers: Iterable[tuple[str, str]]) -> None:
+        given = list(headers)
+        for name, _ in given:
+            lname = name.lower()
+            if lname in RESERVED_HEADERS:
+                raise ValueError(f"sign() adds {name!r} itself; do not pass it")
+            if lname == "x-amz-content-sha256":
+                raise ValueError("PreparedSigner signs the payload hash itself; use sign() for a given one")
+        self._method = method.upper()
+        self._url = url
+        self._given = given
+        self._path, self._query, self._host = _url_parts(url)
+        # per "with a session token": (fixed canonical-header text around the variable values, SignedHeaders)
+        self._fixed = {with_token: self._template(with_token) for with_token in (False, True)}
+
+    def _template(self, with_token: bool) -> tuple[tuple[str, ...], str]:
+        """The canonical headers as fixed text around the variable lines (x-amz-date, then the token: they sort
+        in that order), and SignedHeaders."""
+        names = ["X-Amz-Date", *(["X-Amz-Security-Token"] if with_token else [])]
+        to_sign = headers_to_sign([*self._given, *((n, "") for n in names)], self._url, self._host)
+        parts: list[str] = []
+        fixed: list[str] = []
+        for name in sorted(to_sign):
+            if name in ("x-amz-date", "x-amz-security-token"):
+                parts.append("".join(line + "\n" for line in fixed) + name + ":")
+                fixed = []
+            else:
+                fixed.append(canonical_headers({name: to_sign[name]}))
+        parts.append("".join("\n" + line for line in fixed))
+        return tuple(parts), signed_headers(to_sign)
+
+    def sign(self, body: bytes, *, access_key: str, secret_key: str, session_token: str | None, region: str,
+             service: str, timestamp: datetime) -> list[tuple[str, str]]:
+        """The headers to add, as ``sign(method, url, headers, body, ...)`` returns them."""
+        request_date_time = amz_date(timestamp)
+        if session_token:
+            (before, between, after), signed = self._fixed[True]
+            canonical = (f"{before}{request_date_time}\n{between}{' '.join(session_token.split())}{after}")
+            added = [("X-Amz-Date", request_date_time), ("X-Amz-Security-Token", session_token)]
+        else:
+            (before, after), signed = self._fixed[False]
+            canonical = f"{before}{request_date_time}{after}"
+            added = [("X-Amz-Date", request_date_time)]
+        creq = canonical_request(self._method, self._path, self._query, canonical, signed, hashed_payload(body))
+        scope = credential_scope(request_date_time[:8], region, service)
+        sts = string_to_sign(request_date_time, scope, creq)
+        if logger.isEnabledFor(logging.DEBUG):
+            shown = creq.replace(session_token, "<redacted>") if session_token else creq
+            logger.debug("SigV4 CanonicalRequest:\n%s", shown)
+            logger.debug("SigV4 StringToSign:\n%s", sts)
+        sig = signature(signing_key(secret_key, request_date_time[:8], region, service), sts)
+        added.append(("Authorization", authorization(access_key, scope, signed, sig)))
+        return added
