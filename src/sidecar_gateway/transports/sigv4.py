@@ -253,6 +253,14 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
     payload_hash = to_sign["x-amz-content-sha256"][0] if "x-amz-content-sha256" in to_sign else hashed_payload(body)
     signed = signed_headers(to_sign)
     creq = canonical_request(method, path, query, canonical_headers(to_sign), signed, payload_hash)
+    added.append(_authorization_header(creq, request_date_time, signed, access_key=access_key, secret_key=secret_key,
+                                       session_token=session_token, region=region, service=service))
+    return added
+
+
+def _authorization_header(creq: str, request_date_time: str, signed: str, *, access_key: str, secret_key: str,
+                          session_token: str | None, region: str, service: str) -> tuple[str, str]:
+    """From the canonical request to the ``Authorization`` header (the steps after CanonicalRequest)."""
     scope = credential_scope(request_date_time[:8], region, service)
     sts = string_to_sign(request_date_time, scope, creq)
     if logger.isEnabledFor(logging.DEBUG):
@@ -260,8 +268,7 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
         logger.debug("SigV4 CanonicalRequest:\n%s", shown)
         logger.debug("SigV4 StringToSign:\n%s", sts)
     sig = signature(signing_key(secret_key, request_date_time[:8], region, service), sts)
-    added.append(("Authorization", authorization(access_key, scope, signed, sig)))
-    return added
+    return "Authorization", authorization(access_key, scope, signed, sig)
 
 
 class PreparedSigner:
@@ -316,12 +323,7 @@ class PreparedSigner:
             canonical = f"{before}{request_date_time}{after}"
             added = [("X-Amz-Date", request_date_time)]
         creq = canonical_request(self._method, self._path, self._query, canonical, signed, hashed_payload(body))
-        scope = credential_scope(request_date_time[:8], region, service)
-        sts = string_to_sign(request_date_time, scope, creq)
-        if logger.isEnabledFor(logging.DEBUG):
-            shown = creq.replace(session_token, "<redacted>") if session_token else creq
-            logger.debug("SigV4 CanonicalRequest:\n%s", shown)
-            logger.debug("SigV4 StringToSign:\n%s", sts)
-        sig = signature(signing_key(secret_key, request_date_time[:8], region, service), sts)
-        added.append(("Authorization", authorization(access_key, scope, signed, sig)))
+        added.append(_authorization_header(creq, request_date_time, signed, access_key=access_key,
+                                           secret_key=secret_key, session_token=session_token, region=region,
+                                           service=service))
         return added
