@@ -30,14 +30,18 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 __all__ = ["Deadline"]
 
 _monotonic = time.monotonic
 _heappush = heapq.heappush
 _heappop = heapq.heappop
-_current_tasks = asyncio.tasks._current_tasks  # what asyncio.current_task() reads, without its Python wrapper
+# What asyncio.current_task() reads, without its Python wrapper (3.11); where asyncio keeps no such dict, the API.
+_current_task: Callable[[asyncio.AbstractEventLoop], asyncio.Task[Any] | None] = (
+    asyncio.tasks._current_tasks.get if hasattr(asyncio.tasks, "_current_tasks") else asyncio.current_task)
 _get_running_loop = asyncio.get_running_loop
 _COMPACT_MIN = 256  # finished entries tolerated in the heap before a rebuild is considered
 
@@ -98,20 +102,14 @@ class _Timers:
 
 
 _timers_of: dict[asyncio.AbstractEventLoop, _Timers] = {}
-_last: tuple[asyncio.AbstractEventLoop | None, _Timers | None] = (None, None)
 
 
 def _timers(loop: asyncio.AbstractEventLoop) -> _Timers:
-    global _last
-    last_loop, last_timers = _last
-    if loop is last_loop and last_timers is not None:
-        return last_timers
     timers = _timers_of.get(loop)
     if timers is None:
         for old in [lp for lp in _timers_of if lp.is_closed()]:  # loops of earlier asyncio.run() calls
             del _timers_of[old]
         timers = _timers_of[loop] = _Timers(loop)
-    _last = (loop, timers)
     return timers
 
 
@@ -125,7 +123,7 @@ class Deadline:
 
     def __enter__(self) -> Deadline:
         loop = _get_running_loop()
-        task = _current_tasks.get(loop)
+        task = _current_task(loop)
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task

@@ -240,10 +240,7 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
     that will be sent besides ``Host`` and the framing headers (``Content-Length`` is not signed, as in
     botocore).  An ``X-Amz-Content-SHA256`` header given by the caller is used as the payload hash.
     """
-    given = list(headers)
-    for name, _ in given:
-        if name.lower() in RESERVED_HEADERS:
-            raise ValueError(f"sign() adds {name!r} itself; do not pass it")
+    given = _given_headers(headers)
     request_date_time = amz_date(timestamp)
     added = [("X-Amz-Date", request_date_time)]
     if session_token:
@@ -256,6 +253,14 @@ def sign(method: str, url: str, headers: Iterable[tuple[str, str]], body: bytes,
     added.append(_authorization_header(creq, request_date_time, signed, access_key=access_key, secret_key=secret_key,
                                        session_token=session_token, region=region, service=service))
     return added
+
+
+def _given_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    given = list(headers)
+    for name, _ in given:
+        if name.lower() in RESERVED_HEADERS:
+            raise ValueError(f"sign() adds {name!r} itself; do not pass it")
+    return given
 
 
 def _authorization_header(creq: str, request_date_time: str, signed: str, *, access_key: str, secret_key: str,
@@ -275,18 +280,15 @@ class PreparedSigner:
     """``sign`` for one method, URL and set of headers — a Lambda transport's Invoke — with everything that is the
     same on every call computed once: the canonical URI and query, the sorted signed-header names, the canonical
     lines of the fixed headers.  Per call only the date, the token, the payload hash, two SHA-256 and one HMAC
-    remain (~7 µs instead of ~23 µs).  Same output as ``sign`` byte for byte (tests/unit/test_sigv4.py)."""
+    remain (measured on a busy machine: ~18 µs instead of ~28 µs).  Same output as ``sign`` byte for byte
+    (tests/unit/test_sigv4.py)."""
 
     __slots__ = ("_fixed", "_given", "_host", "_method", "_path", "_query", "_url")
 
     def __init__(self, method: str, url: str, headers: Iterable[tuple[str, str]]) -> None:
-        given = list(headers)
-        for name, _ in given:
-            lname = name.lower()
-            if lname in RESERVED_HEADERS:
-                raise ValueError(f"sign() adds {name!r} itself; do not pass it")
-            if lname == "x-amz-content-sha256":
-                raise ValueError("PreparedSigner signs the payload hash itself; use sign() for a given one")
+        given = _given_headers(headers)
+        if any(name.lower() == "x-amz-content-sha256" for name, _ in given):
+            raise ValueError("PreparedSigner signs the payload hash itself; use sign() for a given one")
         self._method = method.upper()
         self._url = url
         self._given = given
