@@ -14,10 +14,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from servers import PEER_LOG_NOTE, SCENARIO_BY_KEY, Scenario
+from servers import PEER_LOG_NOTE, REFERENCE_TARGETS, SCENARIO_BY_KEY, Scenario
 
-TARGET_LABEL = {"gateway": "sidecar-gateway", "nginx": "nginx", "caddy": "Caddy"}
+TARGET_LABEL = {"gateway": "sidecar-gateway", "nginx": "nginx", "caddy": "Caddy",
+                "nginx_tuned": "nginx (auth_request, empty answer: keeps upstream keep-alive)",
+                "caddy_tuned": "Caddy (forward_auth, empty answer: keeps upstream keep-alive)"}
 PLOT_TARGETS = ("gateway", "nginx", "caddy")
+TABLE_TARGETS = ("gateway", "nginx", "nginx_tuned", "caddy", "caddy_tuned")  # the reference rows: not in the chart
 PLOT_COLOURS = {"gateway": "#1f77b4", "nginx": "#2ca02c", "caddy": "#ff7f0e"}
 PYTHON_PACKAGES = ("sidecar-gateway", "uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "pydantic", "botocore",
                    "matplotlib")
@@ -72,6 +75,11 @@ def _fmt(stats: tuple[float, float, float] | None, spec: str, runs: int) -> str:
     if runs <= 1:
         return format(med, spec)
     return f"{format(med, spec)} ({format(lo, spec)}–{format(hi, spec)})"
+
+
+def _times(stats: tuple[float, float, float] | None, runs: int) -> str:
+    """A ratio cell: ``0.46×``, or ``n/a``."""
+    return "n/a" if stats is None else _fmt(stats, ".2f", runs) + "×"
 
 
 # --------------------------------------------------------------------------------------------- machine
@@ -148,10 +156,12 @@ class Report:
                  "| CPU s / 10k req | peak RSS / worker MB | req/s ÷ nginx | req/s ÷ Caddy | p99 @ rate ÷ nginx "
                  "| errors |",
                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-        for target in PLOT_TARGETS:
+        for target in TABLE_TARGETS:
             if not _values(self.data, key, target, "wrk", "rps"):
                 continue
-            cells = [f"**{TARGET_LABEL[target]}**" if target == "gateway" else TARGET_LABEL[target]]
+            label = TARGET_LABEL[target]
+            cells = [f"**{label}**" if target == "gateway" else f"*{label} — reference*"
+                     if target in REFERENCE_TARGETS else label]
             cells.append(_fmt(self.stat(key, target, "wrk", "rps"), ",.0f", self.runs))
             for metric in ("p50_ms", "p99_ms", "p999_ms"):
                 cells.append(_fmt(self.stat(key, target, "wrk", metric), ".2f", self.runs))
@@ -163,27 +173,25 @@ class Report:
                 if target == peer:
                     cells.append("1")
                 else:
-                    cells.append(_fmt(self.ratio((key, target, "wrk", "rps"), (key, peer, "wrk", "rps")),
-                                      ".2f", self.runs) + ("×" if _values(self.data, key, peer, "wrk", "rps") else ""))
+                    cells.append(_times(self.ratio((key, target, "wrk", "rps"), (key, peer, "wrk", "rps")), self.runs))
             if target == "nginx":
                 cells.append("1")
             else:
-                cells.append(_fmt(self.ratio((key, target, "paced", "p99_ms"), (key, "nginx", "paced", "p99_ms")),
-                                  ".2f", self.runs) + ("×" if _values(self.data, key, "nginx", "paced", "p99_ms")
-                                                       else ""))
+                cells.append(_times(self.ratio((key, target, "paced", "p99_ms"), (key, "nginx", "paced", "p99_ms")),
+                                    self.runs))
             errors = [int(v) for v in _values(self.data, key, target, "wrk", "errors")]
             paced_errors = [int(v) for v in _values(self.data, key, target, "paced", "errors")]
             unfinished = sum(int(v) for v in _values(self.data, key, target, "paced", "unfinished"))
-            cells.append(f"{sum(errors)} / {sum(paced_errors)}" + (f" (+{unfinished:,} unfinished)" if unfinished
-                                                                   else ""))
+            paced_text = str(sum(paced_errors)) if paced_errors else "n/a"
+            cells.append(f"{sum(errors)} / {paced_text}" + (f" (+{unfinished:,} unfinished)" if unfinished else ""))
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
         return lines
 
     def target_lines(self) -> list[str]:
-        rows: list[tuple[str, tuple[float, float, float] | None, Callable[[float], bool], str]] = []
+        rows: list[tuple[str, tuple[float, float, float] | None, Callable[[float], bool] | None, str]] = []
 
-        def add(label: str, stats: tuple[float, float, float] | None, ok: Callable[[float], bool],
+        def add(label: str, stats: tuple[float, float, float] | None, ok: Callable[[float], bool] | None,
                 unit: str = "×") -> None:
             rows.append((label, stats, ok, unit))
 
@@ -194,6 +202,10 @@ class Report:
             self.ratio(("s2", "gateway", "wrk", "rps"), ("s2", "nginx", "wrk", "rps")), lambda r: r >= PRE_TARGET)
         add(f"Pre-processor (http) ≥ {PRE_TARGET}× Caddy `forward_auth` rps",
             self.ratio(("s2", "gateway", "wrk", "rps"), ("s2", "caddy", "wrk", "rps")), lambda r: r >= PRE_TARGET)
+        for tuned, peer in (("nginx_tuned", "nginx `auth_request`"), ("caddy_tuned", "Caddy `forward_auth`")):
+            stats = self.ratio(("s2", "gateway", "wrk", "rps"), ("s2", tuned, "wrk", "rps"))
+            if stats is not None:  # absent from results that predate the reference rows
+                add(f"(reference, not a target) pre-processor (http) vs {peer} with an empty answer", stats, None)
         add(f"Pre-processor (aws-lambda) ≥ {LAMBDA_TARGET}× the http-stack figure",
             self.ratio(("s4", "gateway", "wrk", "rps"), ("s2", "gateway", "wrk", "rps")),
             lambda r: r >= LAMBDA_TARGET)
@@ -222,7 +234,7 @@ class Report:
                 lines.append(f"| {label} | not measured | — |")
                 continue
             spec = ".0f" if unit == " failed" else (".1f" if unit == " MB" else ".2f")
-            verdict = "**met**" if ok(stats[0]) else "**not met**"
+            verdict = "—" if ok is None else "**met**" if ok(stats[0]) else "**not met**"
             lines.append(f"| {label} | {_fmt(stats, spec, 1 if unit != '×' else self.runs)}{unit} | {verdict} |")
         return lines
 
@@ -334,11 +346,17 @@ class Report:
             "Everything runs on loopback on this one machine, started by `bench/run.py` from a temporary "
             "directory and killed (process groups) at the end:", "",
             "* **backend, sidecar function, Lambda stub** — one nginx, `worker_processes 1`: the backend answers "
-            "every path with a fixed 100-byte body; the function answers the gateway `{}` (`return 200 '{}'`, "
-            "`application/json`; `{\"terminate\":{\"code\":403}}` for S6) and the peers an empty 200 (an empty 403 "
-            "for S6) — `auth_request` reads no body, and an answer with one costs nginx its upstream keep-alive "
-            "connection; the stub answers `POST /2015-03-31/functions/<name>/invocations` with `{}` and does not "
-            "verify SigV4.",
+            "every path with a fixed 100-byte body; the stub answers `POST /2015-03-31/functions/<name>/invocations` "
+            "with `{}` and does not verify SigV4.  The function answers `{}` (`return 200 '{}'`, `application/json`)"
+            " — to the gateway and, in S2, to nginx `auth_request` and Caddy `forward_auth` alike, the set-up of "
+            "issue 6 (\"nginx `auth_request` to the same sidecar function\"), against which the S2 targets are "
+            "computed.  Neither peer uses the body of the auth answer, and after an answer with a body both close "
+            "their upstream connection: every request opens a new connection to the function (measured with `ss`: "
+            "one TIME_WAIT socket per request).  For reference only, S2 also shows both peers calling a location "
+            "that answers an empty 200, which keeps the upstream keep-alive connection (the rows \"… empty answer "
+            "…\"; no fixed-rate run, no target).  S6: the function answers the gateway "
+            "`{\"terminate\":{\"code\":403}}` and the peers' `auth_request`/`forward_auth` an empty 403 — the issue "
+            "does not define S6's peer, and an empty 403 is the cheapest answer for the peers.",
             f"* **nginx** peer — `worker_processes {args['workers']}`, `proxy_pass` to an upstream with "
             "`keepalive 128`, HTTP/1.1 upstream; `auth_request` to the function (`proxy_pass_request_body off`).",
             f"* **Caddy** peer — `GOMAXPROCS={args['workers']}`, `reverse_proxy` (128 idle conns per host) and "

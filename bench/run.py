@@ -29,6 +29,7 @@ from load import Measurement, run_paced, run_wrk
 from memory import idle_connections, many_endpoints_rss, workers_rss
 from report import TARGET_LABEL, write_outputs
 from servers import (
+    REFERENCE_TARGETS,
     SCENARIO_BY_KEY,
     SCENARIOS,
     Ports,
@@ -59,7 +60,8 @@ QUICK_WARMUP_S = 1.0
 QUICK_IDLE_S = 5.0
 RATE_FRACTION = 0.5  # the fixed rate is 50 % of nginx's max in the matching scenario
 BODY_BYTES = 10 * 1024  # scenario 5: a 10 KB JSON request body
-TARGETS = ("nginx", "caddy", "gateway")  # nginx first: its max sets the fixed rate
+TARGETS = ("nginx", "nginx_tuned", "caddy", "caddy_tuned", "gateway")  # nginx first: its max sets the fixed rate
+SERVER_OF = {"nginx_tuned": "nginx", "caddy_tuned": "caddy"}  # served by another target's server (own locations)
 
 
 def log(message: str) -> None:
@@ -157,12 +159,16 @@ class Bench:
         self.urls["gateway"] = f"http://{LOOPBACK}:{self.ports.gateway}"
         self.check_answers()
 
+    def server(self, target: str) -> Managed:
+        return self.servers[SERVER_OF.get(target, target)]
+
+    def url(self, target: str) -> str:
+        return self.urls[SERVER_OF.get(target, target)]
+
     def path(self, target: str, scenario: Scenario) -> str | None:
-        if target == "gateway":
-            return scenario.gateway_path
-        if target not in self.servers:
+        if SERVER_OF.get(target, target) not in self.servers:
             return None
-        return scenario.nginx_path if target == "nginx" else scenario.caddy_path
+        return scenario.path(target)
 
     def check_answers(self) -> None:
         """Every scenario answers as expected on every target before anything is measured."""
@@ -175,29 +181,30 @@ class Bench:
                 kwargs: dict[str, Any] = {}
                 if scenario.post_body:
                     kwargs = {"method": "POST", "body": body, "headers": {"Content-Type": "application/json"}}
-                status = http_status(self.urls[target] + path, **kwargs)
+                status = http_status(self.url(target) + path, **kwargs)
                 if status != scenario.expected_status:
                     raise RuntimeError(f"{target} {scenario.key} {path}: status {status}, expected "
-                                       f"{scenario.expected_status}\n{self.servers[target].log_tail()}")
+                                       f"{scenario.expected_status}\n{self.server(target).log_tail()}")
         log("every target answers as expected")
 
     # ---------------------------------------------------------------------------------------- measuring
 
     def restart_if_dead(self, target: str, during: str) -> bool:
         """Restart a peer that died (Caddy 2.6.2 can crash under overload); True when it had died."""
-        server = self.servers[target]
+        name = SERVER_OF.get(target, target)
+        server = self.servers[name]
         if server.alive():
             return False
         tail = [ln for ln in server.log_tail(400).splitlines() if ln.startswith(("fatal error", "panic"))]
         reason = tail[0] if tail else f"exit status {server.proc.returncode}"
-        log(f"{target} died during {during}: {reason}; restarting")
+        log(f"{name} died during {during}: {reason}; restarting")
         starters = {"nginx": start_peer_nginx, "caddy": start_caddy}
-        if target not in starters:
-            raise RuntimeError(f"{target} died during {during}:\n{server.log_tail()}")
-        self.notes.append(f"{TARGET_LABEL[target]} died during {during} (`{reason}`); it was restarted and the "
+        if name not in starters:
+            raise RuntimeError(f"{name} died during {during}:\n{server.log_tail()}")
+        self.notes.append(f"{TARGET_LABEL[name]} died during {during} (`{reason}`); it was restarted and the "
                           "measurement repeated.")
         self.procs.stop(server)
-        self.servers[target] = starters[target](self.procs, self.prefix, self.ports, self.args.workers)
+        self.servers[name] = starters[name](self.procs, self.prefix, self.ports, self.args.workers)
         return True
 
     def guarded(self, target: str, during: str, measure: Callable[[], Measurement]) -> Measurement:
@@ -212,18 +219,18 @@ class Bench:
     def wrk(self, target: str, scenario: Scenario, duration: float) -> Measurement:
         path = self.path(target, scenario)
         assert path is not None
-        return run_wrk(self.urls[target] + path, duration_s=duration, connections=self.args.connections,
+        return run_wrk(self.url(target) + path, duration_s=duration, connections=self.args.connections,
                        threads=self.args.threads, body_file=self.body_file if scenario.post_body else None,
-                       expected_status=scenario.expected_status, server=self.servers[target], infra=self.infra,
+                       expected_status=scenario.expected_status, server=self.server(target), infra=self.infra,
                        cores=self.cores)
 
     def paced(self, target: str, scenario: Scenario, rate: float) -> Measurement:
         path = self.path(target, scenario)
         assert path is not None
-        return run_paced(self.urls[target] + path, rate=rate, duration_s=self.args.paced_duration,
+        return run_paced(self.url(target) + path, rate=rate, duration_s=self.args.paced_duration,
                          connections=self.args.connections, processes=self.cores,
                          body_file=self.body_file if scenario.post_body else None,
-                         expected_status=scenario.expected_status, server=self.servers[target], infra=self.infra,
+                         expected_status=scenario.expected_status, server=self.server(target), infra=self.infra,
                          cores=self.cores)
 
     def measure(self) -> list[dict[str, Any]]:
@@ -243,7 +250,7 @@ class Bench:
                     result = self.guarded(target, f"{key} wrk run {run + 1}",
                                           lambda t=target, s=scenario: self.wrk(t, s, self.args.duration))
                     entry[target] = {"wrk": dataclasses.asdict(result)}
-                    log(f"run {run + 1}/{self.args.runs} {key} {target:7s} wrk: {result.rps:9.0f} rps  "
+                    log(f"run {run + 1}/{self.args.runs} {key} {target:11s} wrk: {result.rps:9.0f} rps  "
                         f"p99 {result.p99_ms:7.2f} ms  cpu/10k {result.cpu_per_10k_s:5.2f} s  "
                         f"rss {result.peak_rss_mb:6.1f} MB  errors {result.errors}")
                     if target == "nginx":
@@ -256,10 +263,12 @@ class Bench:
                     nginx_max[ref] = self.wrk("nginx", ref_scenario, self.args.duration).rps
                 rate = RATE_FRACTION * nginx_max[ref]
                 for target, data in entry.items():
+                    if target in REFERENCE_TARGETS:
+                        continue
                     result = self.guarded(target, f"{key} fixed-rate run {run + 1}",
                                           lambda t=target, s=scenario, r=rate: self.paced(t, s, r))
                     data["paced"] = dataclasses.asdict(result)
-                    log(f"run {run + 1}/{self.args.runs} {key} {target:7s} paced @ {rate:7.0f} rps: p99 "
+                    log(f"run {run + 1}/{self.args.runs} {key} {target:11s} paced @ {rate:7.0f} rps: p99 "
                         f"{result.p99_ms:7.2f} ms  p99.9 {result.p999_ms:7.2f} ms  errors {result.errors}  "
                         f"unfinished {result.unfinished}")
                 per_scenario[key] = {"rate": rate, "rate_reference": ref, "targets": entry}

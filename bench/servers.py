@@ -1,13 +1,19 @@
 """Configuration and start-up of every server of the benchmark, all on loopback in one temporary directory.
 
 * ``infra`` — one nginx with ``worker_processes 1``: the static backend (a 100-byte body), the sidecar function
-  over HTTP (``/allow`` → ``{}``, ``/terminate`` → a terminate verdict; ``/peer-allow`` / ``/peer-deny`` → an
-  empty 200 / 403 for the peers' auth analogues, which read only the status) and the Lambda Invoke stub
-  (``POST /2015-03-31/functions/<name>/invocations`` → ``{}``; SigV4 is not verified).  The cheapest possible
+  over HTTP and the Lambda Invoke stub (``POST /2015-03-31/functions/<name>/invocations`` → ``{}``; SigV4 is not
+  verified).  The function: ``/allow`` → 200 ``{}`` (``application/json``), the function of issue 6, called by the
+  gateway *and* by the peers' auth analogues in S2; ``/terminate`` → a terminate verdict (the gateway in S6);
+  ``/peer-deny`` → an empty 403 (the peers in S6: the issue defines no S6 peer, and an empty 403 is the cheapest
+  answer for them); ``/peer-allow`` → an empty 200, for the S2 reference rows only.  The cheapest possible
   function, so the proxies are measured, not the function.
 * ``nginx`` peer — ``worker_processes`` = cores: plain ``proxy_pass`` to a keep-alive upstream, and
-  ``auth_request`` to the same function.
-* ``caddy`` peer — ``GOMAXPROCS`` = cores: ``reverse_proxy`` and ``forward_auth``.
+  ``auth_request`` to the same function as the gateway (``/allow``).
+* ``caddy`` peer — ``GOMAXPROCS`` = cores: ``reverse_proxy`` and ``forward_auth`` to ``/allow``.
+* Reference rows of S2 (``REFERENCE_TARGETS``: no target of the issue, no fixed-rate run): ``/auth-empty`` on
+  both peers calls ``/peer-allow``.  Neither peer uses the body of the auth answer: after an answer with a body
+  (``{}``) both close the upstream connection, so every request opens a new one to the function (measured with
+  ``ss``: one TIME_WAIT socket per request); the empty answer keeps the upstream keep-alive connection.
 * ``gateway`` — ``sidecar-gateway run CONFIG --workers <cores>``, one endpoint per scenario.
 """
 
@@ -32,6 +38,7 @@ LAMBDA_ARN = f"arn:aws:lambda:{LAMBDA_REGION}:123456789012:function:bench-allow"
 DUMMY_AWS_KEY = "AKIDBENCHMARKEXAMPLE"
 DUMMY_AWS_SECRET = "benchmark/secret/not/a/real/key/0000000000"
 SERVICE_ID = "bench"
+REFERENCE_TARGETS = ("nginx_tuned", "caddy_tuned")  # the peers' auth to an empty answer: shown, not a target
 PEER_LOG_NOTE = "access logs off in nginx and Caddy; the gateway's access log goes to /dev/null"
 
 assert len(BACKEND_BODY) == 100
@@ -66,13 +73,21 @@ class Scenario:
     expected_status: int = 200
     rate_reference: str = ""  # scenario whose nginx rps sets the fixed rate ("" = this one)
     short: str = ""  # chart label
+    tuned_path: str | None = None  # path of the peers' reference rows (REFERENCE_TARGETS), on both peers
+
+    def path(self, target: str) -> str | None:
+        """This scenario's path on ``target`` (None: n/a)."""
+        if target in REFERENCE_TARGETS:
+            return self.tuned_path
+        return {"gateway": self.gateway_path, "nginx": self.nginx_path, "caddy": self.caddy_path}[target]
 
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("s1", "plain proxy", "/s1", "/plain", "/plain", "nginx proxy_pass / Caddy reverse_proxy",
              short="plain proxy"),
     Scenario("s2", "pre-processor, http stack, allow", "/s2", "/auth", "/auth",
-             "nginx auth_request / Caddy forward_auth", short="pre, http"),
+             "nginx auth_request / Caddy forward_auth to the function the gateway calls (200 `{}`); reference rows: "
+             "the same to an empty 200", short="pre, http", tuned_path="/auth-empty"),
     Scenario("s3", "pre + post, http stack, allow", "/s3", None, None, "n/a (no post-processing hook)",
              rate_reference="s2", short="pre + post, http"),
     Scenario("s4", "pre-processor, aws-lambda stack (SigV4) against the stub", "/s4", None, None,
@@ -128,8 +143,8 @@ def infra_nginx_conf(prefix: Path, ports: Ports) -> str:
         default_type application/json;
         location = /allow {{ return 200 '{{}}'; }}
         location = /terminate {{ return 200 '{{"terminate":{{"code":403}}}}'; }}
-        # The peers' function: auth_request reads only the status and never the body of the sub-request's
-        # answer, so an answer with a body closes the upstream connection (no keep-alive) — give them empty ones.
+        # Empty answers for the peers' S6 and S2's reference rows: neither peer uses the body of an auth answer,
+        # so an answer with one closes their upstream connection (no keep-alive).
         location = /peer-allow {{ return 200; }}
         location = /peer-deny {{ error_page 403 /empty; return 403; }}
         location = /empty {{ internal; root {static}; }}
@@ -153,8 +168,13 @@ def peer_nginx_conf(prefix: Path, ports: Ports, workers: int) -> str:
         listen {LOOPBACK}:{ports.nginx} backlog=4096;
         location /plain {{ proxy_pass http://backend; {proxy} }}
         location /auth {{ auth_request /_allow; proxy_pass http://backend; {proxy} }}
+        location /auth-empty {{ auth_request /_allow_empty; proxy_pass http://backend; {proxy} }}
         location /deny {{ auth_request /_deny; proxy_pass http://backend; {proxy} }}
         location = /_allow {{
+            internal; proxy_pass http://function/allow; {proxy}
+            proxy_pass_request_body off; proxy_set_header Content-Length "";
+        }}
+        location = /_allow_empty {{
             internal; proxy_pass http://function/peer-allow; {proxy}
             proxy_pass_request_body off; proxy_set_header Content-Length "";
         }}
@@ -189,6 +209,15 @@ http://{LOOPBACK}:{ports.caddy} {{
 \t\t}}
 \t}}
 \thandle /auth* {{
+\t\tforward_auth {function} {{
+\t\t\turi /allow
+\t\t\t{transport}
+\t\t}}
+\t\treverse_proxy {backend} {{
+\t\t\t{transport}
+\t\t}}
+\t}}
+\thandle /auth-empty* {{
 \t\tforward_auth {function} {{
 \t\t\turi /peer-allow
 \t\t\t{transport}
