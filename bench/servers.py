@@ -194,6 +194,14 @@ def caddyfile(prefix: Path, ports: Ports) -> str:
     backend = f"{LOOPBACK}:{ports.backend}"
     function = f"{LOOPBACK}:{ports.function}"
     transport = f"transport http {{\n\t\t\tkeepalive_idle_conns_per_host {UPSTREAM_KEEPALIVE}\n\t\t}}"
+
+    def handle_auth(path: str, uri: str) -> str:
+        """A ``handle`` block: ``forward_auth`` to the function's ``uri``, then the backend."""
+        return (f"\thandle {path}* {{\n\t\tforward_auth {function} {{\n\t\t\turi {uri}\n\t\t\t{transport}\n\t\t}}\n"
+                f"\t\treverse_proxy {backend} {{\n\t\t\t{transport}\n\t\t}}\n\t}}\n")
+
+    auth_blocks = "".join(handle_auth(path, uri) for path, uri in
+                           (("/auth", "/allow"), ("/auth-empty", "/peer-allow"), ("/deny", "/peer-deny")))
     return f"""{{
 \tadmin off
 \tauto_https off
@@ -208,34 +216,7 @@ http://{LOOPBACK}:{ports.caddy} {{
 \t\t\t{transport}
 \t\t}}
 \t}}
-\thandle /auth* {{
-\t\tforward_auth {function} {{
-\t\t\turi /allow
-\t\t\t{transport}
-\t\t}}
-\t\treverse_proxy {backend} {{
-\t\t\t{transport}
-\t\t}}
-\t}}
-\thandle /auth-empty* {{
-\t\tforward_auth {function} {{
-\t\t\turi /peer-allow
-\t\t\t{transport}
-\t\t}}
-\t\treverse_proxy {backend} {{
-\t\t\t{transport}
-\t\t}}
-\t}}
-\thandle /deny* {{
-\t\tforward_auth {function} {{
-\t\t\turi /peer-deny
-\t\t\t{transport}
-\t\t}}
-\t\treverse_proxy {backend} {{
-\t\t\t{transport}
-\t\t}}
-\t}}
-}}
+{auth_blocks}}}
 """
 
 
