@@ -154,11 +154,12 @@ output = {
             "description": "[ext] §4.3 rule 6 / §4.4 step 3 (the host permission is checked by the gateway only)",
             "type": "object",
             "properties": {
-                "httpVerb": {"type": ["string", "null"], "minLength": 1, "not": {"pattern": TCHAR_CLASS}},
+                "httpVerb": {"type": ["string", "null"], "minLength": 1, "not": {"type": "string", "pattern": TCHAR_CLASS}},
                 "uri": {
                     "type": ["string", "null"],
                     "pattern": "^[Hh][Tt][Tt][Pp][Ss]?://[^/?#@]+(?:[/?#]|$)",
-                    "not": {"pattern": "[^\\u0021-\\u007e]"},
+                    # "type" inside "not": a null uri is absent (§4.1), and {"pattern"} alone accepts a null
+                    "not": {"type": "string", "pattern": "[^\\u0021-\\u007e]"},
                 },
             },
             "anyOf": [

@@ -222,6 +222,19 @@ def test_documented_inexpressible_rules_are_left_to_the_gateway(output: Any, poi
     assert not gateway_accepts(output, point)
 
 
+NULL_MEMBERS = [  # §4.1: a member whose value is null is absent; found by the property test below
+    ("route-verb-null-uri", {"modify": {"changeRoute": {"httpVerb": "GET", "uri": None}}}, Point.PRE),
+    ("route-uri-null-verb", {"modify": {"changeRoute": {"uri": "http://backend.local/v2", "httpVerb": None}}},
+     Point.PRE),
+]
+
+
+@pytest.mark.parametrize(("output", "point"), [pytest.param(o, p, id=i) for i, o, p in NULL_MEMBERS])
+def test_null_members_are_absent_for_schema_and_gateway_alike(output: Any, point: Point) -> None:
+    assert gateway_accepts(output, point)
+    assert schema_accepts(output, point)
+
+
 @settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(output=outputs())
 def test_output_schema_accepts_everything_the_gateway_accepts(output: Any) -> None:
