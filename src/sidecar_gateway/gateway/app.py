@@ -34,7 +34,7 @@ from ..transports.deadline import Deadline
 from ..transports.pool import ConnectError, HttpResponse, ReadError
 from .headers import MESSAGE_ID, client_address, forward_request_headers, strip_hop_by_hop
 from .keys import authenticate, find_key, mask_key
-from .protocol import CLIENT_DISCONNECTED, DISCONNECT_EXTENSION
+from .protocol import CLIENT_DISCONNECTED, DISCONNECT_EXTENSION, direct_respond
 from .proxy import BodyTooLarge, ClientDisconnected, backend_path, read_body, stream_body
 from .responses import Reply, render_error, render_termination_message
 from .routing import MethodNotAllowed
@@ -78,10 +78,11 @@ class _Responder:
     """Tracks whether the response started (style rule 11) and sends replies; carries the matched endpoint
     (for its metrics) to the end of the call."""
 
-    __slots__ = ("epr", "finished", "send", "started", "status")
+    __slots__ = ("epr", "finished", "respond", "send", "started", "status")
 
     def __init__(self, send: Send) -> None:
         self.send = send
+        self.respond = direct_respond(send)  # a whole response in one call when our protocol serves us
         self.started = False
         self.finished = False  # set just before the last body message
         self.status = 0
@@ -92,9 +93,17 @@ class _Responder:
         self.status = reply.status
         headers = reply.headers
         headers.append((b"content-length", str(len(reply.body)).encode()))
-        await self.send({"type": "http.response.start", "status": reply.status, "headers": headers})
+        await self.whole(reply.status, headers, reply.body)
+
+    async def whole(self, status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> None:
+        """A response whose body is known: one ``respond`` call, or the two ASGI messages."""
+        respond = self.respond
+        if respond is not None and respond(status, headers, body):
+            self.finished = True
+            return
+        await self.send({"type": "http.response.start", "status": status, "headers": headers})
         self.finished = True
-        await self.send({"type": "http.response.body", "body": reply.body})
+        await self.send({"type": "http.response.body", "body": body})
 
 
 def _host_without_port(host: str) -> str:
@@ -392,12 +401,20 @@ class GatewayApp:
         if body is not None:  # a processor replaced or buffered it
             headers = [(k, v) for k, v in headers if k != b"content-length"]
             headers.append((b"content-length", str(len(body)).encode()))
-            await send({"type": "http.response.start", "status": status, "headers": headers})
-            responder.finished = True
-            await send({"type": "http.response.body", "body": body})
+            await responder.whole(status, headers, body)
             return
-        await send({"type": "http.response.start", "status": status, "headers": headers})
         read_chunk = getattr(upstream, "read_chunk", None)  # our pool's response; the aiohttp fallback has none
+        if responder.respond is not None and read_chunk is not None:
+            whole = upstream.read_whole_ready()  # the usual small body, already here with its head
+            if whole is not None:
+                try:
+                    await responder.whole(status, headers, whole)
+                except BaseException:
+                    upstream.close()
+                    raise
+                upstream.release()
+                return
+        await send({"type": "http.response.start", "status": status, "headers": headers})
         try:
             if read_chunk is None:
                 async for chunk in upstream.iter_chunks():

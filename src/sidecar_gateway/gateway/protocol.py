@@ -62,7 +62,8 @@ The request/response cycle (``_Cycle``) is uvicorn's ``RequestResponseCycle`` ma
   message is written together with it (one ``transport.write``, one syscall: on loopback a write costs as much
   as a page of Python).  If the application awaits something before its first body message, a ``call_soon``
   callback registered with the head writes it at the end of the current event-loop step, so a slow body never
-  delays the head by more than that step.
+  delays the head by more than that step.  The gateway's own app skips the messages for a response whose body it
+  already has (``respond``, found through ``direct_respond(send)``): head and body in one call, no deferred flush.
 * **Headers validated in one regular-expression pass** (``_HEAD_LINES``, the same character classes as uvicorn's
   ``HEADER_RE`` / ``HEADER_VALUE_RE``) over the encoded header block instead of two searches per field.
 * **Client disconnects cancel the application.**  When the connection is lost before the response is complete,
@@ -97,6 +98,7 @@ __all__ = [
     "MAX_HEAD_BYTES",
     "MAX_URL_BYTES",
     "LimitedHttpToolsProtocol",
+    "direct_respond",
 ]
 
 MAX_URL_BYTES = 8 * 1024
@@ -148,6 +150,10 @@ _CONTENT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
 # HTAB; each line ends with the CRLF we add.  A value carrying CRLF + "name: value" would match as two lines, so
 # the block must also have exactly one LF per field.
 _HEAD_LINES = re.compile(rb'(?:[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
+# One field at a time, for the error when the block fails: a single name or value, never several lines (a value
+# "a\r\nx: b" is two valid lines to _HEAD_LINES, but no valid value).
+_HEADER_NAME = re.compile(rb'[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*')
+_HEADER_VALUE = re.compile(rb'[^\x00-\x08\x0a-\x1f\x7f]*')
 _FRAMING_NAMES = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _METHODS: dict[bytes, str] = {}  # request method bytes → str, filled on first use (a handful of entries)
 _MAX_METHODS = 64  # methods are tokens a client may invent: bound the cache
@@ -324,11 +330,26 @@ class _Cycle:
         else:
             raise RuntimeError(f"Unexpected ASGI message '{message['type']}' sent, after response already completed.")
 
+    def respond(self, status_code: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bool:
+        """A whole response in one step, for the gateway's own app (``direct_respond``): exactly what ``send`` of
+        ``http.response.start`` and one last ``http.response.body`` does — same framing, validation and errors —
+        without two message dicts, their dispatch and the deferred head flush (~5 % of a proxied call's
+        instructions, bench/instructions.py).  False when it cannot act synchronously (the response already
+        started, or writes are paused and ``send`` would wait for the drain): the caller then uses ``send``."""
+        if self.response_started or (self.flow.write_paused and not self.disconnected):
+            return False
+        if not self.disconnected:  # as ``send``: nothing is written for a client that has gone
+            self._encode_head(status_code, headers)
+            self._body(body, False)
+        return True
+
     def _start(self, message: dict[str, Any]) -> None:
+        self._encode_head(message["status"], message.get("headers", ()))
+        self.loop.call_soon(self._flush_head)
+
+    def _encode_head(self, status_code: int, headers: Any) -> None:
         self.response_started = True
         self.waiting_for_100_continue = False
-        status_code = message["status"]
-        headers = message.get("headers", ())
         if self.default_headers:
             headers = self.default_headers + list(headers)
         lines: list[bytes] = []
@@ -352,10 +373,11 @@ class _Cycle:
         block = b"".join(lines)
         if _HEAD_LINES.fullmatch(block) is None or block.count(b"\n") != len(lines):
             for name, value in headers:  # the same errors as uvicorn, in the same order
-                if _HEAD_LINES.fullmatch(name.lower() + b": \r\n") is None:
+                if _HEADER_NAME.fullmatch(name) is None:
                     raise RuntimeError("Invalid HTTP header name.")
-                if _HEAD_LINES.fullmatch(b"x: " + value + b"\r\n") is None:
+                if _HEADER_VALUE.fullmatch(value) is None:
                     raise RuntimeError("Invalid HTTP header value.")
+            raise RuntimeError("Invalid HTTP header.")  # unreachable while the classes above match the block's
         tail = b"\r\n"
         if not self.keep_alive and not has_connection_close:
             tail = b"connection: close\r\n\r\n"
@@ -363,7 +385,6 @@ class _Cycle:
             self.chunked_encoding = True  # neither content-length nor transfer-encoding specified
             tail = b"transfer-encoding: chunked\r\n" + tail
         self.pending_head = STATUS_LINE[status_code] + block + tail
-        self.loop.call_soon(self._flush_head)
 
     def _body(self, body: bytes, more_body: bool) -> None:
         if self.is_head:
@@ -411,6 +432,13 @@ class _Cycle:
 
 def _nothing() -> None:
     return None
+
+
+def direct_respond(send: Callable[..., Any]) -> Callable[[int, list[tuple[bytes, bytes]], bytes], bool] | None:
+    """``_Cycle.respond`` of the cycle behind ``send`` when this protocol serves the app, else None (another ASGI
+    server: the app sends messages)."""
+    cycle = getattr(send, "__self__", None)
+    return cycle.respond if type(cycle) is _Cycle else None
 
 
 class LimitedHttpToolsProtocol(HttpToolsProtocol):

@@ -299,6 +299,12 @@ class HttpResponse:
             data = await conn.read_body_chunk()
         return data
 
+    def read_whole_ready(self) -> bytes | None:
+        """The whole body if all of it is here already (then ``body_complete``), without a coroutine; None, with
+        nothing consumed, while some of it is still to come (use ``read_chunk``)."""
+        conn = self._conn
+        return conn.read_whole_ready() if conn is not None else None
+
     @property
     def body_complete(self) -> bool:
         """The whole body has been handed out: the next ``read_chunk`` would return ``b""``."""

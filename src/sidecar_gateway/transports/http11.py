@@ -755,6 +755,11 @@ class Http11Connection(asyncio.Protocol):
             return b""
         return None
 
+    def read_whole_ready(self) -> bytes | None:
+        """The whole body when all of it has arrived (the usual small body that comes with its head), handed out at
+        once; None, with nothing consumed, while some of it is still to come."""
+        return self.read_body_ready() if self.state is _COMPLETE else None
+
     async def read_body_chunk(self) -> bytes:
         """The next piece of the body (everything buffered so far); ``b""`` at its end."""
         while True:
