@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -147,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown scenario(s) {unknown}; known: {', '.join(s.key for s in SCENARIOS)}")
     trees = [p.resolve() for p in (args.src or [ROOT / "src"])]
+    if not (shutil.which("valgrind") and shutil.which("callgrind_control") and shutil.which("nginx")):
+        subprocess.run(["bash", str(ROOT / "bench" / "setup.sh")], check=False,
+                       env=dict(os.environ, PYTHON=sys.executable))
+        if not (shutil.which("valgrind") and shutil.which("nginx")):
+            parser.error("needs valgrind and nginx (bench/setup.sh installs them with apt-get as root)")
     procs = ProcessSet()
     with tempfile.TemporaryDirectory(prefix="sg-instr-") as tmp:
         prefix = Path(tmp)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what the benchmark needs, idempotently: wrk, nginx and Caddy from the Debian archive (never binaries
+# Installs what the benchmark needs, idempotently: wrk, nginx, Caddy and valgrind from the Debian archive (never binaries
 # from elsewhere), matplotlib from PyPI, and the gateway itself (editable).  Services are not started: the
 # benchmark runs its own nginx/Caddy instances from a temporary prefix.  A missing package is reported and the
 # benchmark degrades (no Caddy peer, no chart); wrk2 is not in Debian, so the fixed-rate runs use bench/paced.py.
@@ -11,6 +11,7 @@ need=()
 command -v wrk >/dev/null 2>&1 || need+=(wrk)
 command -v nginx >/dev/null 2>&1 || need+=(nginx)
 command -v caddy >/dev/null 2>&1 || need+=(caddy)
+command -v valgrind >/dev/null 2>&1 || need+=(valgrind)  # bench/instructions.py (callgrind)
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then
     echo "setup: missing ${need[*]} and not root; install them with apt-get" >&2
