@@ -404,7 +404,7 @@ class GatewayApp:
             await responder.whole(status, headers, body)
             return
         read_chunk = getattr(upstream, "read_chunk", None)  # our pool's response; the aiohttp fallback has none
-        if responder.respond is not None and read_chunk is not None:
+        if read_chunk is not None:
             whole = upstream.read_whole_ready()  # the usual small body, already here with its head
             if whole is not None:
                 try:
