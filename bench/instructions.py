@@ -1,6 +1,6 @@
 """Deterministic cost per request: user-space instructions counted by valgrind's callgrind.
 
-    python bench/instructions.py [--scenarios s1,s2,s4,s6] [--requests 1000] [--src DIR ...]
+    python bench/instructions.py [--scenarios s1,s2,s4,s6] [--requests 1000] [--src DIR ...] [--floor [SCRIPT]]
 
 Wall-clock and CPU-time figures on the benchmark machine drift by ±20 % between runs, which hides any change
 worth less than that (performance.md).  This tool counts instructions instead: the infra nginx of the benchmark
@@ -13,6 +13,10 @@ Only user space is counted (the kernel's socket work is not), and an instruction
 ruler for changes to the gateway's own code — A/B two source trees with ``--src`` (the first is the baseline; a
 tree is a directory holding the ``sidecar_gateway`` package, e.g. ``src`` of a ``git worktree``) — not a
 replacement for ``run.py``.  Valgrind slows the gateway ~50×: start-up takes about a minute per tree.
+
+``--floor`` also counts the featureless Python proxy of the benchmark (``floor_proxy.py``, in-process) on the
+scenarios it serves (S1, S2, S6) — the same ruler for "what any CPython request cycle costs"; ``--floor SCRIPT``
+counts another script with the same command line instead (an experiment: the floor plus one feature).
 """
 
 from __future__ import annotations
@@ -136,12 +140,45 @@ def measure_tree(index: int, src: Path, keys: list[str], requests: int, prefix: 
         procs.stop(gateway)
 
 
+def measure_floor(script: Path, keys: list[str], requests: int, prefix: Path, ports: Ports,
+                  procs: ProcessSet) -> dict[str, float]:
+    """Instructions per request of the featureless proxy ``script`` (``floor_proxy.py``'s command line)."""
+    out_dir = prefix / "callgrind-floor"
+    out_dir.mkdir(exist_ok=True)
+    argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", os.path.realpath(sys.executable),
+            str(script), "--port", str(ports.floor), "--backend", f"{LOOPBACK}:{ports.backend}/backend",
+            "--function", f"{LOOPBACK}:{ports.function}", "--workers", "1"]
+    floor = procs.start("floor", argv, prefix / "floor.log")
+    try:
+        wait_ready(f"http://{LOOPBACK}:{ports.floor}/plain", floor, timeout_s=READY_TIMEOUT_S)
+        pid = floor.proc.pid
+        result: dict[str, float] = {}
+        for key in keys:
+            scenario = SCENARIO_BY_KEY[key]
+            if scenario.floor_path is None:
+                continue
+            request = request_bytes(ports.floor, scenario).replace(scenario.gateway_path.encode(),
+                                                                    scenario.floor_path.encode(), 1)
+            send(ports.floor, request, WARMUP_REQUESTS, scenario.expected_status)
+            _control("-z", str(pid))
+            before = set(out_dir.glob(f"cg.{pid}.*"))
+            send(ports.floor, request, requests, scenario.expected_status)
+            _control("-d", key, str(pid))
+            result[key] = _dumped_ir(out_dir, pid, before) / requests
+            print(f"[instructions] {script.name}: {key} {result[key]:,.0f} per request", file=sys.stderr, flush=True)
+        return result
+    finally:
+        procs.stop(floor)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scenarios", default="s1,s2,s4,s6", help="comma-separated subset of s1..s6")
     parser.add_argument("--requests", type=int, default=1000, help="requests counted per scenario")
     parser.add_argument("--src", type=Path, action="append",
                         help="directory holding the sidecar_gateway package (repeat to compare; default: src/)")
+    parser.add_argument("--floor", type=Path, nargs="?", const=ROOT / "bench" / "floor_proxy.py", metavar="SCRIPT",
+                        help="also count the featureless Python proxy (default script: bench/floor_proxy.py)")
     args = parser.parse_args(argv)
     keys = [k.strip() if k.strip().startswith("s") else f"s{k.strip()}" for k in args.scenarios.split(",")]
     unknown = [k for k in keys if k not in SCENARIO_BY_KEY]
@@ -161,14 +198,20 @@ def main(argv: list[str] | None = None) -> int:
         try:
             start_infra(procs, prefix, ports)
             results = [measure_tree(i, tree, keys, args.requests, prefix, ports, procs) for i, tree in enumerate(trees)]
+            floor = (measure_floor(args.floor.resolve(), keys, args.requests, prefix, ports, procs)
+                     if args.floor else None)
         finally:
             procs.stop_all()
     header = "| scenario | " + " | ".join(str(t) for t in trees) + (" | change |" if len(trees) > 1 else " |")
+    if floor is not None:
+        header += f" {args.floor.name} | {trees[-1].name} ÷ floor |"
     print(header)
-    print("|---" * (len(trees) + 1 + (len(trees) > 1)) + "|")
+    print("|---" * (len(trees) + 1 + (len(trees) > 1) + 2 * (floor is not None)) + "|")
     for key in keys:
         cells = [f"{r[key]:,.0f}" for r in results]
         change = [f"{(results[-1][key] / results[0][key] - 1) * 100:+.1f} %"] if len(trees) > 1 else []
+        if floor is not None:
+            change += [f"{floor[key]:,.0f}", f"{results[-1][key] / floor[key]:.2f}×"] if key in floor else ["n/a"] * 2
         print(f"| {key} | " + " | ".join(cells + change) + " |")
     return 0
 

@@ -18,9 +18,11 @@ from servers import PEER_LOG_NOTE, REFERENCE_TARGETS, SCENARIO_BY_KEY, Scenario
 
 TARGET_LABEL = {"gateway": "sidecar-gateway", "nginx": "nginx", "caddy": "Caddy",
                 "nginx_tuned": "nginx (auth_request, empty answer: keeps upstream keep-alive)",
-                "caddy_tuned": "Caddy (forward_auth, empty answer: keeps upstream keep-alive)"}
+                "caddy_tuned": "Caddy (forward_auth, empty answer: keeps upstream keep-alive)",
+                "floor": "featureless Python proxy (bench/floor_proxy.py: uvloop + httptools, no gateway features)"}
 PLOT_TARGETS = ("gateway", "nginx", "caddy")
-TABLE_TARGETS = ("gateway", "nginx", "nginx_tuned", "caddy", "caddy_tuned")  # the reference rows: not in the chart
+# the reference rows (REFERENCE_TARGETS) are not in the chart
+TABLE_TARGETS = ("gateway", "nginx", "nginx_tuned", "caddy", "caddy_tuned", "floor")
 PLOT_COLOURS = {"gateway": "#1f77b4", "nginx": "#2ca02c", "caddy": "#ff7f0e"}
 PYTHON_PACKAGES = ("sidecar-gateway", "uvicorn", "uvloop", "httptools", "aiohttp", "orjson", "pydantic", "botocore",
                    "matplotlib")
@@ -206,6 +208,14 @@ class Report:
             stats = self.ratio(("s2", "gateway", "wrk", "rps"), ("s2", tuned, "wrk", "rps"))
             if stats is not None:  # absent from results that predate the reference rows
                 add(f"(reference, not a target) pre-processor (http) vs {peer} with an empty answer", stats, None)
+        for key, peer in (("s1", "nginx"), ("s2", "nginx `auth_request`")):
+            stats = self.ratio((key, "floor", "wrk", "rps"), (key, "nginx", "wrk", "rps"))
+            if stats is not None:  # absent from results that predate the floor
+                add(f"(reference, not a target) featureless Python proxy, {SCENARIO_BY_KEY[key].title}, vs {peer}",
+                    stats, None)
+                add(f"(reference, not a target) sidecar-gateway vs the featureless Python proxy, "
+                    f"{SCENARIO_BY_KEY[key].title}", self.ratio((key, "gateway", "wrk", "rps"),
+                                                                 (key, "floor", "wrk", "rps")), None)
         add(f"Pre-processor (aws-lambda) ≥ {LAMBDA_TARGET}× the http-stack figure",
             self.ratio(("s4", "gateway", "wrk", "rps"), ("s2", "gateway", "wrk", "rps")),
             lambda r: r >= LAMBDA_TARGET)
@@ -366,6 +376,12 @@ class Report:
             "`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` and `AWS_ENDPOINT_URL_LAMBDA` pointing at the stub (every "
             "call is signed with SigV4); S5 posts a 10 KB JSON body with `expand-input: requestPayload` and "
             "`max-payload-size: 20`.",
+            f"* **featureless Python proxy** (reference rows of S1, S2, S6; no target, no fixed-rate run) — "
+            f"`bench/floor_proxy.py --workers {args['workers']}`: the gateway's own stack (uvloop, httptools, "
+            "orjson) doing the scenario's job with nothing else — no routing table, keys, header validation, "
+            "forwarded headers, message ids, logs, metrics or deadlines.  What any CPython request cycle costs on "
+            "this machine: floor ÷ nginx is the part of the distance to the targets that comes from Python, "
+            "gateway ÷ floor the part that comes from what the gateway does on top.",
             f"* Logging: {PEER_LOG_NOTE} (stdout redirected, the JSON lines are still produced).",
             f"* **Load generator and servers share the {self.data['cores']} cores**: wrk "
             f"(`-t{args['threads']}`) and the paced generator ({self.data['cores']} Python processes) compete with "

@@ -36,6 +36,7 @@ from servers import (
     Scenario,
     gateway_config,
     start_caddy,
+    start_floor,
     start_gateway,
     start_infra,
     start_peer_nginx,
@@ -60,7 +61,8 @@ QUICK_WARMUP_S = 1.0
 QUICK_IDLE_S = 5.0
 RATE_FRACTION = 0.5  # the fixed rate is 50 % of nginx's max in the matching scenario
 BODY_BYTES = 10 * 1024  # scenario 5: a 10 KB JSON request body
-TARGETS = ("nginx", "nginx_tuned", "caddy", "caddy_tuned", "gateway")  # nginx first: its max sets the fixed rate
+# nginx first: its max sets the fixed rate
+TARGETS = ("nginx", "nginx_tuned", "caddy", "caddy_tuned", "gateway", "floor")
 SERVER_OF = {"nginx_tuned": "nginx", "caddy_tuned": "caddy"}  # served by another target's server (own locations)
 
 
@@ -157,6 +159,8 @@ class Bench:
         self.servers["gateway"] = start_gateway(self.procs, self.prefix, "gateway", gateway_config(self.ports),
                                                 self.ports, self.ports.gateway_admin, self.args.workers)
         self.urls["gateway"] = f"http://{LOOPBACK}:{self.ports.gateway}"
+        self.servers["floor"] = start_floor(self.procs, self.prefix, self.ports, self.args.workers)
+        self.urls["floor"] = f"http://{LOOPBACK}:{self.ports.floor}"
         self.check_answers()
 
     def server(self, target: str) -> Managed:
@@ -282,7 +286,7 @@ class Bench:
                                                  self.args.workers)
         result["idle"] = {}
         for target in TARGETS:
-            if target not in self.servers or (self.args.quick and target != "gateway"):
+            if target not in self.servers or target == "floor" or (self.args.quick and target != "gateway"):
                 continue  # quick mode: the gateway alone (the target is about the gateway)
             path = SCENARIO_BY_KEY["s1"].gateway_path if target == "gateway" else SCENARIO_BY_KEY["s1"].nginx_path
             log(f"memory: {self.args.idle_connections} idle keep-alive connections to {target}")

@@ -15,6 +15,10 @@
   (``{}``) both close the upstream connection, so every request opens a new one to the function (measured with
   ``ss``: one TIME_WAIT socket per request); the empty answer keeps the upstream keep-alive connection.
 * ``gateway`` — ``sidecar-gateway run CONFIG --workers <cores>``, one endpoint per scenario.
+* ``floor`` — a reference row, not a peer (``bench/floor_proxy.py``, forked workers = cores): a featureless Python
+  proxy on the gateway's own stack (uvloop + httptools + orjson) doing S1, S2 and S6 with nothing else — what any
+  CPython request cycle costs on this machine, so that the gateway's distance to the targets splits into "Python"
+  (floor ÷ nginx) and "what the gateway does on top" (gateway ÷ floor).
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ LAMBDA_ARN = f"arn:aws:lambda:{LAMBDA_REGION}:123456789012:function:bench-allow"
 DUMMY_AWS_KEY = "AKIDBENCHMARKEXAMPLE"
 DUMMY_AWS_SECRET = "benchmark/secret/not/a/real/key/0000000000"
 SERVICE_ID = "bench"
-REFERENCE_TARGETS = ("nginx_tuned", "caddy_tuned")  # the peers' auth to an empty answer: shown, not a target
+# Shown, not a target (no fixed-rate run): the peers' auth to an empty answer, and the featureless Python floor
+REFERENCE_TARGETS = ("nginx_tuned", "caddy_tuned", "floor")
 PEER_LOG_NOTE = "access logs off in nginx and Caddy; the gateway's access log goes to /dev/null"
 
 assert len(BACKEND_BODY) == 100
@@ -55,10 +60,11 @@ class Ports:
     gateway_admin: int
     big_gateway: int
     big_gateway_admin: int
+    floor: int
 
     @classmethod
     def allocate(cls) -> Ports:
-        return cls(*free_ports(9))
+        return cls(*free_ports(10))
 
 
 @dataclass(frozen=True)
@@ -73,10 +79,13 @@ class Scenario:
     expected_status: int = 200
     rate_reference: str = ""  # scenario whose nginx rps sets the fixed rate ("" = this one)
     short: str = ""  # chart label
-    tuned_path: str | None = None  # path of the peers' reference rows (REFERENCE_TARGETS), on both peers
+    tuned_path: str | None = None  # path of the peers' reference rows (nginx_tuned, caddy_tuned), on both peers
+    floor_path: str | None = None  # path on the featureless Python floor (bench/floor_proxy.py)
 
     def path(self, target: str) -> str | None:
         """This scenario's path on ``target`` (None: n/a)."""
+        if target == "floor":
+            return self.floor_path
         if target in REFERENCE_TARGETS:
             return self.tuned_path
         return {"gateway": self.gateway_path, "nginx": self.nginx_path, "caddy": self.caddy_path}[target]
@@ -84,10 +93,10 @@ class Scenario:
 
 SCENARIOS: tuple[Scenario, ...] = (
     Scenario("s1", "plain proxy", "/s1", "/plain", "/plain", "nginx proxy_pass / Caddy reverse_proxy",
-             short="plain proxy"),
+             short="plain proxy", floor_path="/plain"),
     Scenario("s2", "pre-processor, http stack, allow", "/s2", "/auth", "/auth",
              "nginx auth_request / Caddy forward_auth to the function the gateway calls (200 `{}`); reference rows: "
-             "the same to an empty 200", short="pre, http", tuned_path="/auth-empty"),
+             "the same to an empty 200", short="pre, http", tuned_path="/auth-empty", floor_path="/pre"),
     Scenario("s3", "pre + post, http stack, allow", "/s3", None, None, "n/a (no post-processing hook)",
              rate_reference="s2", short="pre + post, http"),
     Scenario("s4", "pre-processor, aws-lambda stack (SigV4) against the stub", "/s4", None, None,
@@ -96,7 +105,8 @@ SCENARIOS: tuple[Scenario, ...] = (
              "n/a (auth_request/forward_auth never send the body)", post_body=True, rate_reference="s2",
              short="pre, 10 KB body"),
     Scenario("s6", "terminate at pre (403, no backend call)", "/s6", "/deny", "/deny",
-             "auth_request / forward_auth answering 403", expected_status=403, short="terminate at pre"),
+             "auth_request / forward_auth answering 403", expected_status=403, short="terminate at pre",
+             floor_path="/deny"),
 )
 SCENARIO_BY_KEY = {s.key: s for s in SCENARIOS}
 
@@ -307,6 +317,15 @@ def start_caddy(procs: ProcessSet, prefix: Path, ports: Ports, workers: int) -> 
     managed = procs.start("caddy", ["caddy", "run", "--config", str(path), "--adapter", "caddyfile"],
                           prefix / "caddy.log", env=env)
     wait_ready(f"http://{LOOPBACK}:{ports.caddy}/plain", managed)
+    return managed
+
+
+def start_floor(procs: ProcessSet, prefix: Path, ports: Ports, workers: int) -> Managed:
+    argv = [sys.executable, str(Path(__file__).with_name("floor_proxy.py")), "--port", str(ports.floor),
+            "--backend", f"{LOOPBACK}:{ports.backend}/backend", "--function", f"{LOOPBACK}:{ports.function}",
+            "--workers", str(workers)]
+    managed = procs.start("floor", argv, prefix / "floor.log")
+    wait_ready(f"http://{LOOPBACK}:{ports.floor}/plain", managed)
     return managed
 
 

@@ -1,0 +1,181 @@
+"""The floor: a featureless Python proxy on the gateway's own stack (uvloop + httptools), measured in the same run.
+
+Not product code and not a peer: a reference row that answers "what does *any* CPython request cycle cost on this
+machine?".  It does the least a proxy can do and still be correct for the benchmark's traffic: parse the client's
+request with httptools; for ``/pre…`` (S2) and ``/deny…`` (S6) POST a small JSON input to the sidecar function
+(``/allow``, ``/terminate``) over a keep-alive connection and read its answer with ``orjson`` (a ``terminate``
+member: answer 403 without calling the backend); then send the request to the backend over a keep-alive connection
+and copy the answer back.  Every other path is the plain proxy (S1).  No routing table, keys, header validation,
+forwarded headers, message ids, logs, metrics, deadlines, request bodies, chunked framing or error handling —
+everything the gateway does on top is the difference between this row and the gateway's.
+
+    python bench/floor_proxy.py --port P --backend HOST:PORT/path --function HOST:PORT [--workers N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import socket
+
+import httptools
+import orjson
+import uvloop
+
+
+class _Upstream(asyncio.Protocol):
+    """One keep-alive connection to an origin; one exchange at a time."""
+
+    def __init__(self) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.waiter: asyncio.Future[tuple[int, list[tuple[bytes, bytes]], bytes]] | None = None
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        self.parser.feed_data(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name, value))
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        answer = (self.parser.get_status_code(), self.headers, b"".join(self.body))
+        self.headers, self.body = [], []
+        if waiter is not None and not waiter.done():
+            waiter.set_result(answer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_exception(ConnectionError("upstream closed"))
+
+
+class _Origin:
+    def __init__(self, spec: str) -> None:
+        hostport, _, path = spec.partition("/")
+        host, _, port = hostport.rpartition(":")
+        self.host, self.port, self.path = host, int(port), ("/" + path).encode()
+        self.idle: list[_Upstream] = []
+
+    async def exchange(self, head: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        loop = asyncio.get_running_loop()
+        if self.idle:
+            up = self.idle.pop()
+        else:
+            _, up = await loop.create_connection(_Upstream, self.host, self.port)
+        up.waiter = loop.create_future()
+        up.transport.write(head)  # type: ignore[union-attr]
+        answer = await up.waiter
+        self.idle.append(up)
+        return answer
+
+
+_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding"))
+
+
+_FUNCTION_PATH = {b"/pre": b"/allow", b"/den": b"/terminate"}  # first four bytes of the URL → function path
+
+
+class _Client(asyncio.Protocol):
+    backend: _Origin
+    function: _Origin
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport: asyncio.Transport = transport  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError:
+            self.transport.close()
+
+    def on_url(self, url: bytes) -> None:
+        self.url = url
+
+    def on_message_complete(self) -> None:
+        asyncio.get_running_loop().create_task(self.handle(self.parser.get_method(), self.url))
+
+    async def handle(self, method: bytes, url: bytes) -> None:
+        backend = self.backend
+        function_path = _FUNCTION_PATH.get(url[:4])
+        if function_path is not None:
+            function = self.function
+            payload = orjson.dumps({"request": {"method": method.decode(), "uri": url.decode()}})
+            _, _, answer = await function.exchange(
+                b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+                % (function_path, function.host.encode(), function.port, len(payload), payload))
+            verdict = orjson.loads(answer)
+            if not isinstance(verdict, dict) or "terminate" in verdict:
+                self.transport.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+                return
+        status, headers, body = await backend.exchange(
+            b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n\r\n" % (method, backend.path, backend.host.encode(), backend.port))
+        out = [b"HTTP/1.1 %d OK\r\n" % status]
+        for name, value in headers:
+            if name.lower() not in _HOP:
+                out.append(name + b": " + value + b"\r\n")
+        out.append(b"\r\n")
+        out.append(body)
+        self.transport.write(b"".join(out))
+
+
+async def _serve(sock: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(_Client, sock=sock, backlog=4096)
+    stop = loop.create_future()
+    loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
+    await stop
+    server.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--backend", required=True, help="host:port/path")
+    parser.add_argument("--function", required=True, help="host:port of the sidecar function (/allow, /terminate)")
+    parser.add_argument("--workers", type=int, default=1)
+    args = parser.parse_args()
+    _Client.backend = _Origin(args.backend)
+    _Client.function = _Origin(args.function)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", args.port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    if args.workers == 1:  # in-process (bench/instructions.py runs it under valgrind)
+        uvloop.run(_serve(sock))
+        return
+    children = []
+    for _ in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            uvloop.run(_serve(sock))
+            os._exit(0)
+        children.append(pid)
+
+    def forward(signum: int, _frame: object) -> None:
+        for pid in children:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    for pid in children:
+        os.waitpid(pid, 0)
+
+
+if __name__ == "__main__":
+    main()
