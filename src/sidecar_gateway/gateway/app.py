@@ -53,9 +53,9 @@ MIN_BACKEND_BUDGET_S = 0.001
 
 _perf_counter = time.perf_counter
 _getrandbits = random.getrandbits
-# RFC 9562 §5.4: the version nibble (hex digit 12) is 4; the variant is 10 in the top bits of hex digit 16, so that
-# digit keeps its two low random bits: 0–3 → 8–b.
-_VARIANT_DIGIT = {f"{v:x}": f"{8 + (v & 3):x}" for v in range(16)}
+# RFC 9562 §5.4: version 4 in bits 48-51 of the octets (76-79 of the integer), variant 10 in bits 62-63 (64-65).
+_UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
+_UUID_SET = (0x4000 << 64) | (0x8000 << 48)
 
 
 def _thousandths(value: float) -> float:
@@ -70,8 +70,8 @@ def new_message_id() -> str:
     Message ids must be unique, not secret (they are sent to the backend and logged), so the 122 random bits
     come from ``random`` (Mersenne Twister seeded from ``os.urandom``, re-seeded in forked children) instead of
     ``uuid.uuid4()``'s ``os.urandom`` call and ``UUID`` object: ~10× cheaper, same format."""
-    h = _getrandbits(128).to_bytes(16).hex()  # 0.4 µs less than "%032x" % (masked int); same distribution
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT_DIGIT[h[16]]}{h[17:20]}-{h[20:]}"
+    h = "%032x" % ((_getrandbits(128) & _UUID_CLEAR) | _UUID_SET)
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 class _Responder:
