@@ -110,6 +110,22 @@ def _dumped_ir(out_dir: Path, pid: int, before: set[Path]) -> int:
     raise RuntimeError("callgrind wrote no dump")
 
 
+def _count(label: str, pid: int, out_dir: Path, port: int, work: dict[str, tuple[bytes, int]],
+           requests: int) -> dict[str, float]:
+    """Per scenario of ``work`` (key → request bytes, expected status): warm up, zero the counters of the process
+    under callgrind, send ``requests`` requests, dump, and divide."""
+    result: dict[str, float] = {}
+    for key, (request, expected) in work.items():
+        send(port, request, WARMUP_REQUESTS, expected)
+        _control("-z", str(pid))
+        before = set(out_dir.glob(f"cg.{pid}.*"))
+        send(port, request, requests, expected)
+        _control("-d", key, str(pid))
+        result[key] = _dumped_ir(out_dir, pid, before) / requests
+        print(f"[instructions] {label}: {key} {result[key]:,.0f} per request", file=sys.stderr, flush=True)
+    return result
+
+
 def measure_tree(index: int, src: Path, keys: list[str], requests: int, prefix: Path, ports: Ports,
                  procs: ProcessSet) -> dict[str, float]:
     config = prefix / "gateway.yaml"
@@ -123,19 +139,9 @@ def measure_tree(index: int, src: Path, keys: list[str], requests: int, prefix: 
     gateway = procs.start("gateway", argv, prefix / "gateway.log", env=env, stdout_to_log=False)
     try:
         wait_ready(f"http://{LOOPBACK}:{ports.gateway_admin}/readyz", gateway, timeout_s=READY_TIMEOUT_S)
-        pid = gateway.proc.pid
-        result: dict[str, float] = {}
-        for key in keys:
-            scenario = SCENARIO_BY_KEY[key]
-            request = request_bytes(ports.gateway, scenario)
-            send(ports.gateway, request, WARMUP_REQUESTS, scenario.expected_status)
-            _control("-z", str(pid))
-            before = set(out_dir.glob(f"cg.{pid}.*"))
-            send(ports.gateway, request, requests, scenario.expected_status)
-            _control("-d", key, str(pid))
-            result[key] = _dumped_ir(out_dir, pid, before) / requests
-            print(f"[instructions] {src}: {key} {result[key]:,.0f} per request", file=sys.stderr, flush=True)
-        return result
+        work = {key: (request_bytes(ports.gateway, SCENARIO_BY_KEY[key]), SCENARIO_BY_KEY[key].expected_status)
+                for key in keys}
+        return _count(str(src), gateway.proc.pid, out_dir, ports.gateway, work, requests)
     finally:
         procs.stop(gateway)
 
@@ -151,22 +157,14 @@ def measure_floor(script: Path, keys: list[str], requests: int, prefix: Path, po
     floor = procs.start("floor", argv, prefix / "floor.log")
     try:
         wait_ready(f"http://{LOOPBACK}:{ports.floor}/plain", floor, timeout_s=READY_TIMEOUT_S)
-        pid = floor.proc.pid
-        result: dict[str, float] = {}
+        work = {}
         for key in keys:
             scenario = SCENARIO_BY_KEY[key]
-            if scenario.floor_path is None:
-                continue
-            request = request_bytes(ports.floor, scenario).replace(scenario.gateway_path.encode(),
-                                                                    scenario.floor_path.encode(), 1)
-            send(ports.floor, request, WARMUP_REQUESTS, scenario.expected_status)
-            _control("-z", str(pid))
-            before = set(out_dir.glob(f"cg.{pid}.*"))
-            send(ports.floor, request, requests, scenario.expected_status)
-            _control("-d", key, str(pid))
-            result[key] = _dumped_ir(out_dir, pid, before) / requests
-            print(f"[instructions] {script.name}: {key} {result[key]:,.0f} per request", file=sys.stderr, flush=True)
-        return result
+            if scenario.floor_path is not None:
+                request = request_bytes(ports.floor, scenario).replace(scenario.gateway_path.encode(),
+                                                                        scenario.floor_path.encode(), 1)
+                work[key] = (request, scenario.expected_status)
+        return _count(script.name, floor.proc.pid, out_dir, ports.floor, work, requests)
     finally:
         procs.stop(floor)
 

@@ -29,6 +29,7 @@ from ..errors import BackendFailure, ClientError, ErrorCode, GatewayError, Inter
 from ..observability.logs import AccessLog, log_event
 from ..observability.metrics import flush as flush_metrics
 from ..observability.metrics import overload_rejections_total, unmatched_total
+from ..sidecar.apply import terminate_headers
 from ..sidecar.call import BackendRequest, BackendResponse, CallContext, ClientRequest
 from ..transports.deadline import Deadline
 from ..transports.pool import ConnectError, HttpResponse, ReadError
@@ -385,8 +386,6 @@ class GatewayApp:
 
     @staticmethod
     def _termination_reply(termination: Any, endpoint: Any, use_error_set: bool) -> Reply:
-        from ..sidecar.apply import terminate_headers
-
         if termination.body is None:
             return render_termination_message(termination.code, termination.message, endpoint,
                                               use_error_set=use_error_set, extra_headers=list(termination.headers))
