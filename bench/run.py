@@ -4,8 +4,9 @@
     python bench/run.py --quick    # 1 run, short durations (< 3 min): a smoke test of the whole pipeline
 
 It installs wrk, nginx and Caddy (Debian packages) and matplotlib (bench/setup.sh), starts an nginx backend /
-sidecar function / Lambda stub, the peers (nginx, Caddy) and sidecar-gateway with ``--workers`` = cores, measures
-every scenario against every peer that can do the same job, and writes docs/benchmarks.md + docs/benchmarks.png.
+sidecar function / Lambda stub, the peers (nginx, Caddy), sidecar-gateway with ``--workers`` = cores and the
+featureless Python floor (``floor_proxy.py``, a reference row), measures every scenario against every peer that can do
+the same job, and writes docs/benchmarks.md + docs/benchmarks.png.
 """
 
 from __future__ import annotations
