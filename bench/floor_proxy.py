@@ -130,37 +130,45 @@ class _Client(asyncio.Protocol):
         self.transport.write(b"".join(out))
 
 
-async def _serve(sock: socket.socket) -> None:
+async def serve_until_sigterm(sock: socket.socket, protocol: type[asyncio.Protocol]) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(_Client, sock=sock, backlog=4096)
+    server = await loop.create_server(protocol, sock=sock, backlog=4096)
     stop = loop.create_future()
     loop.add_signal_handler(signal.SIGTERM, stop.set_result, None)
     await stop
     server.close()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def command_line(description: str, workers_help: str) -> tuple[argparse.Namespace, socket.socket]:
+    """The arguments (``--port --backend --function --workers``, shared with ``floor_pieces.py``) and the listening
+    socket (``SO_REUSEPORT``: several processes may serve one port); sets ``_Client``'s origins."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--backend", required=True, help="host:port/path")
     parser.add_argument("--function", required=True, help="host:port of the sidecar function (/allow, /terminate)")
-    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--workers", type=int, default=1, help=workers_help)
     args = parser.parse_args()
     _Client.backend = _Origin(args.backend)
     _Client.function = _Origin(args.function)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     sock.bind(("127.0.0.1", args.port))
     sock.listen(4096)
     sock.setblocking(False)
+    return args, sock
+
+
+def main() -> None:
+    args, sock = command_line(__doc__.split("\n\n")[0], "forked processes sharing the socket")
     if args.workers == 1:  # in-process (bench/instructions.py runs it under valgrind)
-        uvloop.run(_serve(sock))
+        uvloop.run(serve_until_sigterm(sock, _Client))
         return
     children = []
     for _ in range(args.workers):
         pid = os.fork()
         if pid == 0:
-            uvloop.run(_serve(sock))
+            uvloop.run(serve_until_sigterm(sock, _Client))
             os._exit(0)
         children.append(pid)
 
