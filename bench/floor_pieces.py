@@ -35,7 +35,6 @@ import time
 from typing import Any
 
 import floor_proxy as fp
-import orjson
 import uvloop
 
 from sidecar_gateway.config.loader import load_config
@@ -71,19 +70,6 @@ services:
     key_required: false
     pre_processing: "stack: http\\nurl: http://{func}/terminate\\n"
 """
-FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
-
-
-async def _raw_pre_call(function: fp._Origin, path: bytes, method: bytes, url: bytes) -> bool:
-    """The floor's pre-call; True when the function allows."""
-    payload = orjson.dumps({"request": {"method": method.decode(), "uri": url.decode()}})
-    _, _, answer = await function.exchange(
-        b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-        % (path, function.host.encode(), function.port, len(payload), payload))
-    verdict = orjson.loads(answer)
-    return isinstance(verdict, dict) and "terminate" not in verdict
-
-
 class _Client(fp._Client):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -110,7 +96,7 @@ class _Client(fp._Client):
             mask_key(presented)
             authenticate(presented, rt.plan.keys, key_required=endpoint.key_required)
             backend_path(endpoint.target, match.remainder, "")
-        function_path = fp._FUNCTION_PATH.get(url[:4])
+        function_path = fp.FUNCTION_PATH.get(url[:4])
         if function_path is not None:
             if "sidecar" in PIECES:
                 text_method = method.decode()
@@ -122,11 +108,13 @@ class _Client(fp._Client):
                 outgoing = BackendRequest(text_method, "http", "127.0.0.1", backend.port, "/backend", list(headers))
                 allowed = await epr.sidecar.run_pre(call, outgoing) is None  # type: ignore[union-attr]
             else:
-                allowed = await _raw_pre_call(self.function, function_path, method, url)
+                _, _, answer = await self.function.exchange(fp.pre_call_head(self.function, function_path, method,
+                                                                              url))
+                allowed = fp.allows(answer)
             if not allowed:
-                self.transport.write(FORBIDDEN)
+                self.transport.write(fp.FORBIDDEN)
                 return
-        head = b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n\r\n" % (method, backend.path, backend.host.encode(), backend.port)
+        head = fp.backend_head(backend, method)
         if "headers" in PIECES:
             sent = forward_request_headers(headers, peer="127.0.0.1", peer_trusted=False, scheme="http",
                                            host=b"127.0.0.1", backend_host=b"127.0.0.1:%d" % backend.port)
@@ -150,12 +138,10 @@ class _Client(fp._Client):
             block = b"".join(lines)
             if _HEAD_LINES.fullmatch(block) is None or block.count(b"\n") != len(lines):
                 raise RuntimeError("invalid response head")
-            out = [b"HTTP/1.1 %d OK\r\n" % status, block, b"\r\n", body]
+            answer = b"".join((b"HTTP/1.1 %d OK\r\n" % status, block, b"\r\n", body))
         else:
-            out = [b"HTTP/1.1 %d OK\r\n" % status]
-            out += [name + b": " + value + b"\r\n" for name, value in answer_headers if name.lower() not in fp._HOP]
-            out += [b"\r\n", body]
-        self.transport.write(b"".join(out))
+            answer = fp.response_bytes(status, answer_headers, body)
+        self.transport.write(answer)
         if "metrics" in PIECES:
             epr.metrics.observe(status, time.perf_counter() - started)
         if "log" in PIECES:
@@ -171,14 +157,17 @@ async def _asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     method = scope["method"].encode()
     url = scope["raw_path"]
-    function_path = fp._FUNCTION_PATH.get(url[:4])
-    if function_path is not None and not await _raw_pre_call(_Client.function, function_path, method, url):
+    function_path = fp.FUNCTION_PATH.get(url[:4])
+    allowed = True
+    if function_path is not None:
+        function = _Client.function
+        _, _, answer = await function.exchange(fp.pre_call_head(function, function_path, method, url))
+        allowed = fp.allows(answer)
+    if not allowed:
         status, headers, body = 403, [(b"content-length", b"0")], b""
     else:
-        backend = _Client.backend
-        status, answer_headers, body = await backend.exchange(
-            b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n\r\n" % (method, backend.path, backend.host.encode(), backend.port))
-        headers = [(k.lower(), v) for k, v in answer_headers if k.lower() not in fp._HOP]
+        status, answer_headers, body = await _Client.backend.exchange(fp.backend_head(_Client.backend, method))
+        headers = [(k.lower(), v) for k, v in answer_headers if k.lower() not in fp.HOP]
     respond = direct_respond(send)
     if respond is not None and respond(status, headers, body):
         return

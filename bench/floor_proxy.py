@@ -79,10 +79,37 @@ class _Origin:
         return answer
 
 
-_HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding"))
+HOP = frozenset((b"connection", b"keep-alive", b"transfer-encoding"))
+FUNCTION_PATH = {b"/pre": b"/allow", b"/den": b"/terminate"}  # first four bytes of the URL → function path
+FORBIDDEN = b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n"
 
 
-_FUNCTION_PATH = {b"/pre": b"/allow", b"/den": b"/terminate"}  # first four bytes of the URL → function path
+def pre_call_head(function: _Origin, path: bytes, method: bytes, url: bytes) -> bytes:
+    """The pre-call: a small JSON input POSTed to the function's ``path``."""
+    payload = orjson.dumps({"request": {"method": method.decode(), "uri": url.decode()}})
+    return (b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
+            % (path, function.host.encode(), function.port, len(payload), payload))
+
+
+def allows(answer: bytes) -> bool:
+    """The function's answer lets the call through: a JSON object without ``terminate``."""
+    verdict = orjson.loads(answer)
+    return isinstance(verdict, dict) and "terminate" not in verdict
+
+
+def backend_head(backend: _Origin, method: bytes) -> bytes:
+    return b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n\r\n" % (method, backend.path, backend.host.encode(), backend.port)
+
+
+def response_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """The backend's answer for the client, hop-by-hop fields dropped (the body is whole: Content-Length stays)."""
+    out = [b"HTTP/1.1 %d OK\r\n" % status]
+    for name, value in headers:
+        if name.lower() not in HOP:
+            out.append(name + b": " + value + b"\r\n")
+    out.append(b"\r\n")
+    out.append(body)
+    return b"".join(out)
 
 
 class _Client(asyncio.Protocol):
@@ -108,26 +135,14 @@ class _Client(asyncio.Protocol):
 
     async def handle(self, method: bytes, url: bytes) -> None:
         backend = self.backend
-        function_path = _FUNCTION_PATH.get(url[:4])
+        function_path = FUNCTION_PATH.get(url[:4])
         if function_path is not None:
-            function = self.function
-            payload = orjson.dumps({"request": {"method": method.decode(), "uri": url.decode()}})
-            _, _, answer = await function.exchange(
-                b"POST %s HTTP/1.1\r\nhost: %s:%d\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s"
-                % (function_path, function.host.encode(), function.port, len(payload), payload))
-            verdict = orjson.loads(answer)
-            if not isinstance(verdict, dict) or "terminate" in verdict:
-                self.transport.write(b"HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\n\r\n")
+            _, _, answer = await self.function.exchange(pre_call_head(self.function, function_path, method, url))
+            if not allows(answer):
+                self.transport.write(FORBIDDEN)
                 return
-        status, headers, body = await backend.exchange(
-            b"%s %s HTTP/1.1\r\nhost: %s:%d\r\n\r\n" % (method, backend.path, backend.host.encode(), backend.port))
-        out = [b"HTTP/1.1 %d OK\r\n" % status]
-        for name, value in headers:
-            if name.lower() not in _HOP:
-                out.append(name + b": " + value + b"\r\n")
-        out.append(b"\r\n")
-        out.append(body)
-        self.transport.write(b"".join(out))
+        status, headers, body = await backend.exchange(backend_head(backend, method))
+        self.transport.write(response_bytes(status, headers, body))
 
 
 async def serve_until_sigterm(sock: socket.socket, protocol: type[asyncio.Protocol]) -> None:

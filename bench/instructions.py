@@ -34,7 +34,17 @@ from pathlib import Path
 
 import yaml
 from common import LOOPBACK, ProcessSet, wait_ready
-from servers import SCENARIO_BY_KEY, SCENARIOS, Ports, Scenario, gateway_config, gateway_env, start_infra
+from servers import (
+    FLOOR_SCRIPT,
+    SCENARIO_BY_KEY,
+    SCENARIOS,
+    Ports,
+    Scenario,
+    floor_args,
+    gateway_config,
+    gateway_env,
+    start_infra,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 CONNECTIONS = 4
@@ -152,8 +162,7 @@ def measure_floor(script: Path, keys: list[str], requests: int, prefix: Path, po
     out_dir = prefix / "callgrind-floor"
     out_dir.mkdir(exist_ok=True)
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.%p", os.path.realpath(sys.executable),
-            str(script), "--port", str(ports.floor), "--backend", f"{LOOPBACK}:{ports.backend}/backend",
-            "--function", f"{LOOPBACK}:{ports.function}", "--workers", "1"]
+            *floor_args(script, ports, 1)]
     floor = procs.start("floor", argv, prefix / "floor.log")
     try:
         wait_ready(f"http://{LOOPBACK}:{ports.floor}/plain", floor, timeout_s=READY_TIMEOUT_S)
@@ -175,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1000, help="requests counted per scenario")
     parser.add_argument("--src", type=Path, action="append",
                         help="directory holding the sidecar_gateway package (repeat to compare; default: src/)")
-    parser.add_argument("--floor", type=Path, nargs="?", const=ROOT / "bench" / "floor_proxy.py", metavar="SCRIPT",
+    parser.add_argument("--floor", type=Path, nargs="?", const=FLOOR_SCRIPT, metavar="SCRIPT",
                         help="also count the featureless Python proxy (default script: bench/floor_proxy.py)")
     args = parser.parse_args(argv)
     keys = [k.strip() if k.strip().startswith("s") else f"s{k.strip()}" for k in args.scenarios.split(",")]

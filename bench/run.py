@@ -287,7 +287,7 @@ class Bench:
                                                  self.args.workers)
         result["idle"] = {}
         for target in TARGETS:
-            if target not in self.servers or target == "floor" or (self.args.quick and target != "gateway"):
+            if target not in self.servers or target in REFERENCE_TARGETS or (self.args.quick and target != "gateway"):
                 continue  # quick mode: the gateway alone (the target is about the gateway)
             path = SCENARIO_BY_KEY["s1"].gateway_path if target == "gateway" else SCENARIO_BY_KEY["s1"].nginx_path
             log(f"memory: {self.args.idle_connections} idle keep-alive connections to {target}")

@@ -320,11 +320,17 @@ def start_caddy(procs: ProcessSet, prefix: Path, ports: Ports, workers: int) -> 
     return managed
 
 
+FLOOR_SCRIPT = Path(__file__).with_name("floor_proxy.py")
+
+
+def floor_args(script: Path, ports: Ports, workers: int) -> list[str]:
+    """The command line of the floor (``floor_proxy.py``) or of a script sharing it (``floor_pieces.py``)."""
+    return [str(script), "--port", str(ports.floor), "--backend", f"{LOOPBACK}:{ports.backend}/backend",
+            "--function", f"{LOOPBACK}:{ports.function}", "--workers", str(workers)]
+
+
 def start_floor(procs: ProcessSet, prefix: Path, ports: Ports, workers: int) -> Managed:
-    argv = [sys.executable, str(Path(__file__).with_name("floor_proxy.py")), "--port", str(ports.floor),
-            "--backend", f"{LOOPBACK}:{ports.backend}/backend", "--function", f"{LOOPBACK}:{ports.function}",
-            "--workers", str(workers)]
-    managed = procs.start("floor", argv, prefix / "floor.log")
+    managed = procs.start("floor", [sys.executable, *floor_args(FLOOR_SCRIPT, ports, workers)], prefix / "floor.log")
     wait_ready(f"http://{LOOPBACK}:{ports.floor}/plain", managed)
     return managed
 
