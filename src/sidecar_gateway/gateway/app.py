@@ -27,6 +27,7 @@ from typing import Any
 
 from ..errors import BackendFailure, ClientError, ErrorCode, GatewayError, InternalError
 from ..observability.logs import AccessLog, log_event
+from ..observability.logs import thousandths as _thousandths
 from ..observability.metrics import flush as flush_metrics
 from ..observability.metrics import overload_rejections_total, unmatched_total
 from ..sidecar.apply import terminate_headers
@@ -57,12 +58,6 @@ _getrandbits = random.getrandbits
 # RFC 9562 §5.4: version 4 in bits 48-51 of the octets (76-79 of the integer), variant 10 in bits 62-63 (64-65).
 _UUID_CLEAR = ~((0xF000 << 64) | (0xC000 << 48))
 _UUID_SET = (0x4000 << 64) | (0x8000 << 48)
-
-
-def _thousandths(value: float) -> float:
-    """``value`` to 3 decimals, for the access log: ``round(value, 3)`` is exact but costs ~0.4 µs (a decimal
-    string round trip); the nearest double to k/1000 prints as exactly that decimal (shortest repr)."""
-    return int(value * 1000 + 0.5) / 1000
 
 
 def new_message_id() -> str:
@@ -119,6 +114,8 @@ def _cancelled_by_disconnect(exc: asyncio.CancelledError) -> bool:
 
 
 class GatewayApp:
+    serves_native = True  # our protocol may serve eligible calls through the native lane (native/lane.py)
+
     def __init__(self, holder: RuntimeHolder, access_log: AccessLog | None = None) -> None:
         self.holder = holder
         self.access_log = access_log or AccessLog()

@@ -87,6 +87,10 @@ from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT, service_unavai
 from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, STATUS_LINE, HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from ..native import lane as native_lane
+from ..native.lane import Upstream as NativeUpstream
+from ..native.lane import serve as native_serve
+
 __all__ = [
     "CLIENT_DISCONNECTED",
     "DISCONNECT_EXTENSION",
@@ -460,12 +464,24 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._host_fields = 0  # Host header fields seen
         self._host = b""  # the (last) Host value
         self.url = b""
+        # The native lane (native/lane.py): the gateway app when it may serve calls here, the call in progress,
+        # bytes that arrived during it (served after it, in order), and whether to close once it ends.
+        app = config.app
+        self._gateway = app if native_lane.enabled() and getattr(app, "serves_native", False) else None
+        self._native: Any = None
+        self._native_pending = b""
+        self._native_close = False
+        self._peer = b""
+        self._scheme_b = b"http"
 
     # -- connection ----------------------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._on_header_timeout)
+        if self._gateway is not None:
+            self._peer = (self.client[0] if self.client else "").encode("latin-1")
+            self._scheme_b = self.scheme.encode("latin-1")
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_header_timer()
@@ -473,6 +489,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._keepalive_timer.cancel()
             self._keepalive_timer = None
         self.connections.discard(self)
+        if self._native is not None:
+            self._native.client_lost()  # the call ends (499) through _native_done
         cycle = self.cycle
         if cycle is not None:
             if not cycle.response_complete:
@@ -496,6 +514,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         its request already (still unread in the socket buffer: closing now would reset it).  Idempotent: the
         server calls it when it creates the protocol of a connection drained from the accept backlog (before
         ``connection_made``: this case touches no transport), then again for every connection."""
+        if self._native is not None:  # a native call in progress: answered with Connection: close, then closed
+            self._native.close_after()
+            self._native_close = True
+            return
         cycle = self.cycle
         if cycle is None and not self._rejected:
             if not self._shutting_down:
@@ -511,13 +533,35 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _on_first_request_grace(self) -> None:
         """Shutdown: no request began within ``FIRST_REQUEST_GRACE_S``; close (a head that has begun is left to the
         header timeout, a request in progress to its response)."""
-        if self.cycle is None and not self._in_head and not self.transport.is_closing():
+        if self.cycle is None and not self._in_head and self._native is None and not self.transport.is_closing():
             self.transport.close()
 
     def data_received(self, data: bytes) -> None:
         if self._rejected:
             return
         self._keepalive_deadline = 0.0  # a byte arrived: not idle (uvicorn cancels its keep-alive timer here)
+        if self._native is not None:  # pipelined behind a native call: parsed once it has ended
+            self._native_hold(data)
+            return
+        app = self._gateway
+        if app is not None and not self._in_head and not self._shutting_down and (
+                self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+            runtime = app.holder._current
+            routes = runtime.native if runtime is not None else None
+            if routes is not None and app.inflight < runtime.plan.max_inflight:
+                taken = native_serve(self, self.transport, data, routes, self._peer, self._scheme_b)
+                if taken is not None:
+                    if type(taken) is NativeUpstream:
+                        self._native = taken
+                        app.inflight += 1
+                        if self._header_timer is not None:
+                            self._cancel_header_timer()
+                        return
+                    native_lane.warm(taken)  # eligible, but no pooled connection yet: the Python lane serves it
+        self._feed(data)
+
+    def _feed(self, data: bytes) -> None:
+        """The Python lane: ``data`` through httptools and the parser callbacks below."""
         # Between messages at the start of this read: a request beginning in it begins at its first byte.
         cycle = self.cycle
         idle = not self._in_head and (cycle is None or not cycle.more_body)
@@ -549,6 +593,55 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 return
             if self._header_timer is None:
                 self._header_timer = self.loop.call_later(HEADER_TIMEOUT_S, self._on_header_timeout)
+
+    # -- the native lane (native/lane.py, _lane.c) ----------------------------------------------------------
+
+    def _native_hold(self, data: bytes) -> None:
+        self._native_pending += data
+        if len(self._native_pending) > MAX_HEAD_BYTES:
+            self.flow.pause_reading()  # bounded: resumed when the call ends
+
+    def _native_end(self) -> bytes:
+        self._native = None
+        self._gateway.inflight -= 1  # type: ignore[union-attr]
+        pending = self._native_pending
+        if pending:
+            self._native_pending = b""
+            self.flow.resume_reading()
+        return pending
+
+    def _native_done(self, endpoint: tuple[Any, ...], method: str, path: str, message_id: str, status: int,
+                     elapsed: float, upstream_elapsed: float | None, error: int) -> None:
+        """A native call ended (``_lane.c`` ``finish``): its metrics and access record, then the connection goes
+        on as after any response (``on_response_complete``)."""
+        pending = self._native_end()
+        native_lane.record(self._gateway, endpoint, method, path, message_id, status, elapsed, upstream_elapsed,
+                           error)
+        self.server_state.total_requests += 1
+        transport = self.transport
+        if self._native_close or error == native_lane.E_INVALID:
+            transport.close()
+            return
+        if transport.is_closing():
+            return
+        if pending:
+            self.data_received(pending)
+            return
+        deadline = self._keepalive_deadline = self.loop.time() + self.timeout_keep_alive
+        if self._keepalive_timer is None:
+            self._keepalive_timer = self.loop.call_at(deadline, self._on_keepalive_timer)
+
+    def _native_fallback(self, request: bytes) -> None:
+        """The pooled connection broke before any response byte: the Python lane serves the request (its client
+        retries a stale connection), then whatever arrived behind it."""
+        pending = self._native_end()
+        if not self.transport.is_closing():
+            self._feed(request + pending)
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self._native is not None:
+            self._native.resume()
 
     # -- parser callbacks (uvicorn's, with the limits; the scope is built once the head is complete) ---------
 

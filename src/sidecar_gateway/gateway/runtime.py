@@ -13,6 +13,7 @@ import logging
 from dataclasses import dataclass
 
 from ..config.plan import EndpointPlan, GatewayPlan
+from ..native import lane as native_lane
 from ..observability.logs import log_event
 from ..observability.metrics import EndpointMetrics
 from ..sidecar.engine import EndpointSidecar, SidecarServices, build_endpoint_sidecar
@@ -45,6 +46,7 @@ class Runtime:
         self._trusted = plan.trusted_proxies
         self._trust_cache: dict[str, bool] = {}
         self.inflight = 0
+        self.native = native_lane.build_routes(self)  # None: every call through the Python lane
 
     def is_trusted(self, peer: str) -> bool:
         if not self._trusted or not peer:
@@ -118,6 +120,7 @@ class RuntimeHolder:
             await old_services.aclose()
 
     async def stop(self) -> None:
+        native_lane.close_pools()
         if self._current is not None:
             await self._current.aclose()
         if self._services is not None:

@@ -14,7 +14,7 @@ from typing import IO, Any
 
 import orjson
 
-__all__ = ["AccessLog", "configure_logging", "log_event"]
+__all__ = ["AccessLog", "configure_logging", "log_event", "thousandths"]
 
 FLUSH_INTERVAL_S = 0.5  # a line is visible within half a second (uvicorn flushes per line; too slow at 10k rps)
 BUFFER_LIMIT = 64 * 1024  # flush early past this many bytes
@@ -77,3 +77,9 @@ class AccessLog:
         except (OSError, ValueError):
             pass
         self._buf.clear()
+
+
+def thousandths(value: float) -> float:
+    """``value`` to 3 decimals, for the access log: ``round(value, 3)`` is exact but costs ~0.4 µs (a decimal
+    string round trip); the nearest double to k/1000 prints as exactly that decimal (shortest repr)."""
+    return int(value * 1000 + 0.5) / 1000

@@ -168,6 +168,8 @@ requests_total = Family("gateway_requests_total", "Client calls answered, by end
                         (*_EP, "status"))
 overload_rejections_total = Family("gateway_overload_rejections_total",
                                    "Client calls answered 503 because max_inflight calls were in progress", _COUNTER)
+native_requests_total = Family("gateway_native_requests_total",
+                               "Client calls served by the native lane (docs/native-lane.md)", _COUNTER)
 unmatched_total = Family("gateway_unmatched_requests_total", "Client calls that matched no endpoint", _COUNTER,
                          ("status",))
 upstream_duration = Family("gateway_upstream_duration_seconds",

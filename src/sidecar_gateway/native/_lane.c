@@ -1,0 +1,1150 @@
+/* The native lane: a plain-proxy call served without Python on the per-request path (docs/native-lane.md).
+ *
+ * One call = one read holding one complete, plainly valid request for an eligible endpoint (lane.py builds the
+ * routing table; anything else is not taken and goes to the Python lane unchanged).  This file does, in C:
+ *
+ *   serve()      strict request-head parse -> route (a dict of public paths) -> header hygiene (hop-by-hop and
+ *                forwarding headers dropped, Host / X-Forwarded-* / X-Mashery-Message-ID set) -> the upstream
+ *                request bytes written on a pooled keep-alive connection (an ``Upstream``).
+ *   Upstream     the asyncio protocol of one backend connection: the response is parsed by httptools (the same
+ *                llhttp parser, so the same strictness, as the Python client), its hop-by-hop headers are
+ *                removed, the head is validated with the Python lane's character classes and written to the
+ *                client with the body (Content-Length passed through, anything else re-framed chunked).
+ *   sweep()      the endpoint deadline for calls still waiting for a response head (504).
+ *
+ * Python is called once per call at its end (``client._native_done``: metrics and the access record) and for the
+ * rare paths: a stale pooled connection broken before any response byte (``client._native_fallback``: the request
+ * is replayed through the Python lane, which retries like the Python client), warming a pool that was empty.
+ * The Python lane stays the reference: tests/integration/test_native_lane_differential.py compares the bytes.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <structmember.h>
+#include <ctype.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <sys/random.h>
+
+/* ------------------------------------------------------------------------------------------ module state */
+
+static PyObject *ResponseParser;   /* httptools.HttpResponseParser */
+static PyObject *StatusLines;      /* dict int -> bytes (uvicorn STATUS_LINE) */
+static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
+    *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done, *S_native_fallback,
+    *S_get_write_buffer_size, *S_HTTP10, *S_GET, *S_HEAD;
+static unsigned long long served_total;   /* calls taken by serve() */
+
+#define MAX_NATIVE_HEAD 16384      /* a larger request head goes to the Python lane (its limits answer it) */
+#define MAX_REQ_FIELDS 100
+#define MAX_RESP_HEAD 65536        /* http11.MAX_HEAD_BYTES */
+#define MAX_RESP_FIELDS 100        /* http11.MAX_HEADER_COUNT */
+#define KEEPALIVE_TIMEOUT_S 30.0   /* http11.KEEPALIVE_TIMEOUT_S */
+#define KEEPALIVE_MARGIN_S 1.0
+#define CLIENT_HIGH_WATER 262144   /* client write buffer above this: pause reading the backend */
+
+static double now_s(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+/* xoshiro256** seeded from getrandom, re-seeded in a forked child: message ids (unique, not secret) */
+static unsigned long long rng_s[4];
+static pid_t rng_pid;
+static inline unsigned long long rotl(unsigned long long x, int k) { return (x << k) | (x >> (64 - k)); }
+static void rng_seed(void) {
+    if (getrandom(rng_s, sizeof rng_s, 0) != sizeof rng_s) {
+        unsigned long long t = (unsigned long long)now_s() * 1000003ULL ^ (unsigned long long)getpid();
+        for (int i = 0; i < 4; i++) { t ^= t << 13; t ^= t >> 7; t ^= t << 17; rng_s[i] = t | 1; }
+    }
+    rng_pid = getpid();
+}
+static unsigned long long rng_next(void) {
+    if (getpid() != rng_pid) rng_seed();
+    unsigned long long *s = rng_s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
+    s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
+    return result;
+}
+/* 36 characters: a canonical version-4 UUID (RFC 9562 §5.4) */
+static void message_id(char *out) {
+    static const char hex[] = "0123456789abcdef";
+    unsigned long long hi = rng_next(), lo = rng_next();
+    unsigned char b[16];
+    for (int i = 0; i < 8; i++) { b[i] = (unsigned char)(hi >> (56 - 8 * i)); b[8 + i] = (unsigned char)(lo >> (56 - 8 * i)); }
+    b[6] = (b[6] & 0x0F) | 0x40;
+    b[8] = (b[8] & 0x3F) | 0x80;
+    int o = 0;
+    for (int i = 0; i < 16; i++) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out[o++] = '-';
+        out[o++] = hex[b[i] >> 4];
+        out[o++] = hex[b[i] & 15];
+    }
+}
+
+/* ------------------------------------------------------------------------------------------ byte classes */
+
+/* RFC 9110 tchar */
+static unsigned char TCHAR[256];
+/* a request value byte the lane accepts: VCHAR, SP, HTAB (obs-text and controls go to the Python lane) */
+static unsigned char RVAL[256];
+/* request-target bytes the lane accepts (RFC 3986 pchar, '/', '?'; no '#') */
+static unsigned char TARGET[256];
+/* Host: reg-name characters (protocol._HOST) */
+static unsigned char REGNAME[256];
+/* response header name bytes the Python lane refuses (protocol._HEAD_LINES name class) */
+static unsigned char NAME_BAD[256];
+/* response header value bytes the Python lane refuses (controls but HTAB, DEL) */
+static unsigned char VALUE_BAD[256];
+
+static void init_classes(void) {
+    const char *t = "!#$%&'*+-.^_`|~";
+    for (int c = 0; c < 256; c++) {
+        TCHAR[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c && strchr(t, c));
+        RVAL[c] = (c >= 0x20 && c <= 0x7e) || c == '\t';
+        TARGET[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                    (c && strchr("-._~!$&'()*+,;=:@/?%", c));
+        REGNAME[c] = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+                     (c && strchr("._~!$&'()*+,;=%-", c));
+        NAME_BAD[c] = c <= 0x1f || c == 0x7f || (c && strchr("()<>@,;:[]={} \t\\\"", c));
+        VALUE_BAD[c] = (c <= 0x08) || (c >= 0x0a && c <= 0x1f) || c == 0x7f;
+    }
+}
+
+static inline unsigned char lower(unsigned char c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
+
+static int ieq(const char *a, Py_ssize_t n, const char *lit) {
+    Py_ssize_t m = (Py_ssize_t)strlen(lit);
+    if (n != m) return 0;
+    for (Py_ssize_t i = 0; i < n; i++) if (lower((unsigned char)a[i]) != (unsigned char)lit[i]) return 0;
+    return 1;
+}
+
+/* protocol._HOST: (\[[0-9A-Fa-f:.]+\] | reg-name+) (:[0-9]{1,5})? */
+static int host_ok(const char *h, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    if (n == 0) return 0;
+    if (h[0] == '[') {
+        i = 1;
+        while (i < n && (isxdigit((unsigned char)h[i]) || h[i] == ':' || h[i] == '.')) i++;
+        if (i == 1 || i >= n || h[i] != ']') return 0;
+        i++;
+    } else {
+        while (i < n && REGNAME[(unsigned char)h[i]]) i++;
+        if (i == 0) return 0;
+    }
+    if (i == n) return 1;
+    if (h[i] != ':') return 0;
+    Py_ssize_t d = n - i - 1;
+    if (d < 1 || d > 5) return 0;
+    for (Py_ssize_t j = i + 1; j < n; j++) if (!isdigit((unsigned char)h[j])) return 0;
+    return 1;
+}
+
+/* ------------------------------------------------------------------------------------------- growable buf */
+
+typedef struct { char *p; Py_ssize_t n, cap; char stack[4096]; } Buf;
+static void buf_init(Buf *b) { b->p = b->stack; b->n = 0; b->cap = sizeof b->stack; }
+static int buf_put(Buf *b, const void *s, Py_ssize_t n) {
+    if (b->n + n > b->cap) {
+        Py_ssize_t cap = b->cap * 2;
+        while (cap < b->n + n) cap *= 2;
+        char *p = PyMem_Malloc(cap);
+        if (!p) { PyErr_NoMemory(); return -1; }
+        memcpy(p, b->p, b->n);
+        if (b->p != b->stack) PyMem_Free(b->p);
+        b->p = p; b->cap = cap;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    return 0;
+}
+static int buf_str(Buf *b, const char *s) { return buf_put(b, s, (Py_ssize_t)strlen(s)); }
+static void buf_free(Buf *b) { if (b->p != b->stack) PyMem_Free(b->p); }
+
+/* ------------------------------------------------------------------------------------------------- Pool */
+
+typedef struct UpstreamObject UpstreamObject;
+
+typedef struct {
+    PyObject_HEAD
+    PyObject *idle;        /* list of Upstream, most recently used last */
+    PyObject *origin;      /* (host, port) */
+    int connections;       /* open connections of this pool (idle or busy) */
+    int connecting;        /* warm-ups in progress (lane.py) */
+} PoolObject;
+
+static PyTypeObject PoolType;
+
+/* ------------------------------------------------------------------------------------------- Upstream */
+
+enum { U_CONNECTING, U_IDLE, U_AWAIT_HEAD, U_BODY, U_DONE, U_CLOSED };
+enum { F_NONE, F_LENGTH, F_CHUNKED, F_UNTIL_CLOSE };
+enum { E_NONE, E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID };
+
+struct UpstreamObject {
+    PyObject_HEAD
+    PoolObject *pool;
+    PyObject *transport;
+    PyObject *parser;
+    int state;
+    int requests;
+    double idle_since, idle_limit;
+    /* the call */
+    PyObject *client;            /* the client protocol (lane glue in protocol.py) */
+    PyObject *client_transport;
+    PyObject *endpoint;          /* lane.py endpoint tuple */
+    PyObject *request;           /* the client's raw request (replayed by the Python lane on a stale connection) */
+    PyObject *method;            /* "GET" | "HEAD" */
+    PyObject *path;              /* raw path, str */
+    PyObject *mid;               /* message id, str */
+    PyObject *headers;           /* response fields so far: list of (lower-cased name, value) */
+    PyObject *out;               /* bytes to write to the client at the end of this read */
+    double t0, deadline, up_elapsed;
+    int status, is_head, interim, framing_hint, framing, keep_alive, conn_close, conn_keepalive;
+    int head_bytes, head_raw, resp_started, head_written, chunked_out, client_gone, read_paused, close_after;
+    int error;                   /* E_*: why the call ended early */
+    UpstreamObject *prev, *next; /* calls in flight (sweep) */
+};
+
+static PyTypeObject UpstreamType;
+static UpstreamObject inflight = {.prev = &inflight, .next = &inflight};
+
+static void link_inflight(UpstreamObject *u) {
+    u->next = &inflight; u->prev = inflight.prev; inflight.prev->next = u; inflight.prev = u;
+}
+static void unlink_inflight(UpstreamObject *u) {
+    if (u->next) { u->prev->next = u->next; u->next->prev = u->prev; u->next = u->prev = NULL; }
+}
+
+static void call_method0(PyObject *obj, PyObject *name) {
+    if (!obj || obj == Py_None) return;
+    PyObject *r = PyObject_CallMethodNoArgs(obj, name);
+    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(obj);
+}
+
+static void client_write(UpstreamObject *u, PyObject *data) {
+    if (u->client_gone || !u->client_transport) return;
+    PyObject *r = PyObject_CallMethodOneArg(u->client_transport, S_write, data);
+    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->client_transport);
+}
+
+static void pool_remove(UpstreamObject *u) {
+    PoolObject *p = u->pool;
+    if (!p) return;
+    Py_ssize_t n = PyList_GET_SIZE(p->idle);
+    for (Py_ssize_t i = n - 1; i >= 0; i--) {
+        if (PyList_GET_ITEM(p->idle, i) == (PyObject *)u) { PyList_SetSlice(p->idle, i, i + 1, NULL); break; }
+    }
+}
+
+static void upstream_close(UpstreamObject *u) {
+    if (u->state == U_CLOSED) return;
+    u->state = U_CLOSED;
+    pool_remove(u);
+    call_method0(u->transport, S_close);
+}
+
+static void clear_call(UpstreamObject *u) {
+    Py_CLEAR(u->client); Py_CLEAR(u->client_transport); Py_CLEAR(u->endpoint); Py_CLEAR(u->request);
+    Py_CLEAR(u->method); Py_CLEAR(u->path); Py_CLEAR(u->mid); Py_CLEAR(u->headers); Py_CLEAR(u->out);
+    Py_CLEAR(u->parser);
+}
+
+/* The call ended (complete, failed, timed out, or the client went away): tell the client protocol, then
+ * give the connection back to the pool or close it. */
+static void finish(UpstreamObject *u, int reusable) {
+    unlink_inflight(u);
+    PyObject *client = u->client;
+    if (client) {
+        double elapsed = now_s() - u->t0;
+        int status = u->status;
+        if (u->error == E_UNAVAILABLE) status = 502;
+        else if (u->error == E_TIMEOUT) status = 504;
+        else if (u->error == E_DISCONNECTED) status = 499;
+        PyObject *up = (u->up_elapsed >= 0) ? PyFloat_FromDouble(u->up_elapsed) : Py_NewRef(Py_None);
+        PyObject *args[] = {client, u->endpoint, u->method, u->path, u->mid, NULL, NULL, up, NULL};
+        args[5] = PyLong_FromLong(status);
+        args[6] = PyFloat_FromDouble(elapsed);
+        args[8] = PyLong_FromLong(u->error);
+        Py_INCREF(client);
+        if (args[5] && args[6] && args[7] && args[8]) {
+            PyObject *r = PyObject_VectorcallMethod(S_native_done, args, 9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
+        } else {
+            PyErr_WriteUnraisable(client);
+        }
+        Py_XDECREF(args[5]); Py_XDECREF(args[6]); Py_XDECREF(up); Py_XDECREF(args[8]);
+        Py_DECREF(client);
+    }
+    clear_call(u);
+    if (reusable && u->state == U_DONE && u->transport) {
+        PyObject *closing = PyObject_CallMethodNoArgs(u->transport, S_is_closing);
+        int is_closing = closing ? PyObject_IsTrue(closing) : 1;
+        Py_XDECREF(closing);
+        if (!closing) PyErr_Clear();
+        if (!is_closing && u->pool) {
+            u->state = U_IDLE;
+            u->idle_since = now_s();
+            if (PyList_Append(u->pool->idle, (PyObject *)u) == 0) return;
+            PyErr_Clear();
+        }
+    }
+    upstream_close(u);
+}
+
+/* A failure before anything was written to the client: the endpoint's rendered 502/504 goes out. */
+static void fail_before_head(UpstreamObject *u, int error) {
+    u->error = error;
+    if (!u->head_written && !u->client_gone && u->endpoint) {
+        PyObject *reply = PyTuple_GET_ITEM(u->endpoint, error == E_TIMEOUT ? 10 : 9);
+        u->head_written = 1;
+        client_write(u, reply);
+    } else if (u->head_written && !u->client_gone && u->client_transport) {
+        call_method0(u->client_transport, S_close);  /* the response started: the client sees it cut */
+    }
+    upstream_close(u);
+    finish(u, 0);
+}
+
+/* -- response head -> client head (app._respond / protocol._encode_head of the Python lane) -- */
+
+static int token_in(const char *v, Py_ssize_t n, const char *tok) {
+    /* case-insensitive substring, as the Python lane's ``b"close" in value.lower()`` */
+    Py_ssize_t m = (Py_ssize_t)strlen(tok);
+    for (Py_ssize_t i = 0; i + m <= n; i++) {
+        Py_ssize_t j = 0;
+        while (j < m && lower((unsigned char)v[i + j]) == (unsigned char)tok[j]) j++;
+        if (j == m) return 1;
+    }
+    return 0;
+}
+
+static int is_hop(const char *n, Py_ssize_t len) {
+    switch (len) {
+    case 2: return memcmp(n, "te", 2) == 0;
+    case 7: return memcmp(n, "trailer", 7) == 0 || memcmp(n, "upgrade", 7) == 0;
+    case 10: return memcmp(n, "connection", 10) == 0 || memcmp(n, "keep-alive", 10) == 0;
+    case 16: return memcmp(n, "proxy-connection", 16) == 0;
+    case 17: return memcmp(n, "transfer-encoding", 17) == 0;
+    case 18: return memcmp(n, "proxy-authenticate", 18) == 0;
+    case 19: return memcmp(n, "proxy-authorization", 19) == 0;
+    }
+    return 0;
+}
+
+/* Names listed by Connection values (headers.strip_hop_by_hop): whether ``name`` is one of them. */
+static int named_by_connection(PyObject *headers, const char *name, Py_ssize_t nlen) {
+    Py_ssize_t count = PyList_GET_SIZE(headers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(headers, i);
+        PyObject *k = PyTuple_GET_ITEM(item, 0);
+        if (PyBytes_GET_SIZE(k) != 10 || memcmp(PyBytes_AS_STRING(k), "connection", 10) != 0) continue;
+        PyObject *v = PyTuple_GET_ITEM(item, 1);
+        const char *s = PyBytes_AS_STRING(v);
+        Py_ssize_t n = PyBytes_GET_SIZE(v);
+        if (ieq(s, n, "keep-alive") || ieq(s, n, "close")) continue;
+        Py_ssize_t a = 0;
+        while (a <= n) {
+            Py_ssize_t b = a;
+            while (b < n && s[b] != ',') b++;
+            Py_ssize_t x = a, y = b;
+            while (x < y && (s[x] == ' ' || s[x] == '\t' || s[x] == '\n' || s[x] == '\r' || s[x] == '\v' || s[x] == '\f')) x++;
+            while (y > x && (s[y - 1] == ' ' || s[y - 1] == '\t' || s[y - 1] == '\n' || s[y - 1] == '\r' || s[y - 1] == '\v' || s[y - 1] == '\f')) y--;
+            if (y - x == nlen) {
+                Py_ssize_t j = 0;
+                while (j < nlen && lower((unsigned char)s[x + j]) == (unsigned char)name[j]) j++;
+                if (j == nlen) return 1;
+            }
+            a = b + 1;
+        }
+    }
+    return 0;
+}
+
+static PyObject *build_client_head(UpstreamObject *u) {
+    PyObject *key = PyLong_FromLong(u->status);
+    if (!key) return NULL;
+    PyObject *line = PyDict_GetItemWithError(StatusLines, key);
+    Py_DECREF(key);
+    if (!line) { if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "status out of range"); return NULL; }
+    Buf b; buf_init(&b);
+    if (buf_put(&b, PyBytes_AS_STRING(line), PyBytes_GET_SIZE(line)) < 0) return NULL;
+    int has_length = 0, has_conn = 0;
+    Py_ssize_t count = PyList_GET_SIZE(u->headers);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *k = PyTuple_GET_ITEM(PyList_GET_ITEM(u->headers, i), 0);
+        if (PyBytes_GET_SIZE(k) == 10 && memcmp(PyBytes_AS_STRING(k), "connection", 10) == 0) has_conn = 1;
+    }
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *item = PyList_GET_ITEM(u->headers, i);
+        PyObject *k = PyTuple_GET_ITEM(item, 0), *v = PyTuple_GET_ITEM(item, 1);
+        const char *name = PyBytes_AS_STRING(k), *val = PyBytes_AS_STRING(v);
+        Py_ssize_t nl = PyBytes_GET_SIZE(k), vl = PyBytes_GET_SIZE(v);
+        if (is_hop(name, nl)) continue;
+        if (has_conn && named_by_connection(u->headers, name, nl)) continue;
+        for (Py_ssize_t j = 0; j < nl; j++) if (NAME_BAD[(unsigned char)name[j]]) goto invalid;
+        for (Py_ssize_t j = 0; j < vl; j++) if (VALUE_BAD[(unsigned char)val[j]]) goto invalid;
+        if (nl == 14 && memcmp(name, "content-length", 14) == 0) has_length = 1;
+        if (buf_put(&b, name, nl) < 0 || buf_put(&b, ": ", 2) < 0 || buf_put(&b, val, vl) < 0 ||
+            buf_put(&b, "\r\n", 2) < 0) { buf_free(&b); return NULL; }
+    }
+    u->chunked_out = 0;
+    if (!has_length && !u->is_head && u->status != 204 && u->status != 304) {
+        u->chunked_out = 1;
+        if (buf_str(&b, "transfer-encoding: chunked\r\n") < 0) { buf_free(&b); return NULL; }
+    }
+    if (u->close_after && buf_str(&b, "connection: close\r\n") < 0) { buf_free(&b); return NULL; }
+    if (buf_put(&b, "\r\n", 2) < 0) { buf_free(&b); return NULL; }
+    PyObject *r = PyBytes_FromStringAndSize(b.p, b.n);
+    buf_free(&b);
+    return r;
+invalid:
+    buf_free(&b);
+    PyErr_SetString(PyExc_ValueError, "Invalid HTTP header.");
+    return NULL;
+}
+
+/* -- httptools callbacks (the same rules as http11.Http11Connection's) -- */
+
+static PyObject *parse_abort(void) {
+    PyErr_SetString(PyExc_RuntimeError, "native lane: response rejected");
+    return NULL;
+}
+
+static PyObject *Upstream_on_header(UpstreamObject *u, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "on_header(name, value)"); return NULL; }
+    if (u->state != U_AWAIT_HEAD) Py_RETURN_NONE;
+    PyObject *name = args[0], *value = args[1];
+    if (!PyBytes_Check(name) || !PyBytes_Check(value)) return parse_abort();
+    Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
+    u->head_bytes += (int)(nl + vl + 4);
+    if (PyList_GET_SIZE(u->headers) >= MAX_RESP_FIELDS || u->head_bytes > MAX_RESP_HEAD) return parse_abort();
+    PyObject *lname = PyBytes_FromStringAndSize(NULL, nl);
+    if (!lname) return NULL;
+    char *d = PyBytes_AS_STRING(lname);
+    const char *s = PyBytes_AS_STRING(name);
+    for (Py_ssize_t i = 0; i < nl; i++) d[i] = (char)lower((unsigned char)s[i]);
+    PyObject *item = PyTuple_Pack(2, lname, value);
+    Py_DECREF(lname);
+    if (!item) return NULL;
+    int rc = PyList_Append(u->headers, item);
+    Py_DECREF(item);
+    if (rc < 0) return NULL;
+    const char *v = PyBytes_AS_STRING(value);
+    if (nl == 14 && memcmp(d, "content-length", 14) == 0) {
+        u->framing_hint = F_LENGTH;
+    } else if (nl == 17 && memcmp(d, "transfer-encoding", 17) == 0) {
+        Py_ssize_t e = vl;
+        while (e > 0 && isspace((unsigned char)v[e - 1])) e--;
+        if (e >= 7 && ieq(v + e - 7, 7, "chunked")) u->framing_hint = F_CHUNKED;
+    } else if (nl == 10 && memcmp(d, "connection", 10) == 0) {
+        if (token_in(v, vl, "close")) u->conn_close = 1;
+        else if (token_in(v, vl, "keep-alive")) u->conn_keepalive = 1;
+    } else if (nl == 10 && memcmp(d, "keep-alive", 10) == 0) {
+        /* http11._KEEPALIVE_TIMEOUT: (^|[\s,;])timeout\s*=\s*"?(\d{1,9}) */
+        for (Py_ssize_t i = 0; i + 7 <= vl; i++) {
+            if (i > 0 && !(isspace((unsigned char)v[i - 1]) || v[i - 1] == ',' || v[i - 1] == ';')) continue;
+            if (!ieq(v + i, 7, "timeout")) continue;
+            Py_ssize_t j = i + 7;
+            while (j < vl && isspace((unsigned char)v[j])) j++;
+            if (j >= vl || v[j] != '=') continue;
+            j++;
+            while (j < vl && isspace((unsigned char)v[j])) j++;
+            if (j < vl && v[j] == '"') j++;
+            long long n = 0;
+            int digits = 0;
+            while (j < vl && isdigit((unsigned char)v[j]) && digits < 9) { n = n * 10 + (v[j] - '0'); j++; digits++; }
+            if (!digits) continue;
+            double lim = (double)n - KEEPALIVE_MARGIN_S;
+            if (lim > KEEPALIVE_TIMEOUT_S) lim = KEEPALIVE_TIMEOUT_S;
+            if (lim < 0) lim = 0;
+            u->idle_limit = lim;
+            break;
+        }
+    }
+    Py_RETURN_NONE;
+}
+
+static int out_append(UpstreamObject *u, PyObject *data) {
+    if (!u->out) { u->out = PyList_New(0); if (!u->out) return -1; }
+    return PyList_Append(u->out, data);
+}
+
+static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unused) {
+    if (u->state != U_AWAIT_HEAD) { u->keep_alive = 0; Py_RETURN_NONE; }
+    PyObject *r = PyObject_CallMethodNoArgs(u->parser, S_get_status_code);
+    if (!r) return NULL;
+    int status = (int)PyLong_AsLong(r);
+    Py_DECREF(r);
+    if (status < 200) {
+        if (status == 101) return parse_abort();
+        u->interim = 1;  /* 1xx (RFC 9110 §15.2): skipped, the final response follows */
+        if (PyList_SetSlice(u->headers, 0, PyList_GET_SIZE(u->headers), NULL) < 0) return NULL;
+        u->framing_hint = F_UNTIL_CLOSE;
+        u->conn_close = u->conn_keepalive = 0;
+        Py_RETURN_NONE;
+    }
+    u->status = status;
+    int keep_alive;
+    if (u->conn_close) keep_alive = 0;
+    else {
+        keep_alive = u->conn_keepalive;
+        if (!keep_alive) {
+            r = PyObject_CallMethodNoArgs(u->parser, S_should_keep_alive);
+            if (!r) return NULL;
+            keep_alive = PyObject_IsTrue(r);
+            Py_DECREF(r);
+        }
+        if (!keep_alive) {
+            r = PyObject_CallMethodNoArgs(u->parser, S_get_http_version);
+            if (!r) return NULL;
+            keep_alive = PyUnicode_Compare(r, S_HTTP10) != 0;
+            Py_DECREF(r);
+        }
+    }
+    int framing;
+    if (u->is_head || status == 204 || status == 304) framing = F_NONE;
+    else {
+        framing = u->framing_hint;
+        if (framing == F_UNTIL_CLOSE) keep_alive = 0;
+    }
+    u->framing = framing;
+    u->keep_alive = keep_alive;
+    u->up_elapsed = now_s() - u->t0;
+    u->state = framing == F_NONE ? U_DONE : U_BODY;
+    if (u->client_gone) Py_RETURN_NONE;
+    PyObject *head = build_client_head(u);
+    if (!head) {
+        PyErr_Clear();
+        u->error = E_INVALID;  /* the Python lane's RuntimeError: the client connection is closed, no answer */
+        return parse_abort();
+    }
+    u->head_written = 1;
+    int rc = out_append(u, head);
+    Py_DECREF(head);
+    if (rc < 0) return NULL;
+    Py_RETURN_NONE;
+}
+
+static PyObject *Upstream_on_body(UpstreamObject *u, PyObject *body) {
+    if (u->state != U_BODY) { u->keep_alive = 0; Py_RETURN_NONE; }
+    if (u->client_gone || !PyBytes_Check(body)) Py_RETURN_NONE;
+    Py_ssize_t n = PyBytes_GET_SIZE(body);
+    if (!n) Py_RETURN_NONE;
+    if (!u->chunked_out) return out_append(u, body) < 0 ? NULL : Py_NewRef(Py_None);
+    char size[24];
+    int sl = snprintf(size, sizeof size, "%zx\r\n", n);
+    PyObject *chunk = PyBytes_FromStringAndSize(NULL, sl + n + 2);
+    if (!chunk) return NULL;
+    char *d = PyBytes_AS_STRING(chunk);
+    memcpy(d, size, sl);
+    memcpy(d + sl, PyBytes_AS_STRING(body), n);
+    memcpy(d + sl + n, "\r\n", 2);
+    int rc = out_append(u, chunk);
+    Py_DECREF(chunk);
+    return rc < 0 ? NULL : Py_NewRef(Py_None);
+}
+
+static PyObject *CHUNKED_END;
+
+static PyObject *Upstream_on_message_complete(UpstreamObject *u, PyObject *unused) {
+    if (u->interim) { u->interim = 0; Py_RETURN_NONE; }
+    if (u->state == U_BODY) {
+        u->state = U_DONE;
+        if (u->chunked_out && !u->client_gone && out_append(u, CHUNKED_END) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+/* -- asyncio protocol -- */
+
+static PyObject *Upstream_connection_made(UpstreamObject *u, PyObject *transport) {
+    Py_XSETREF(u->transport, Py_NewRef(transport));
+    u->state = U_IDLE;
+    u->idle_since = now_s();
+    if (u->pool) {
+        u->pool->connections++;
+        if (PyList_Append(u->pool->idle, (PyObject *)u) < 0) return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static void flush_out(UpstreamObject *u) {
+    PyObject *out = u->out;
+    if (!out || PyList_GET_SIZE(out) == 0) return;
+    PyObject *data;
+    if (PyList_GET_SIZE(out) == 1) data = Py_NewRef(PyList_GET_ITEM(out, 0));
+    else {
+        static PyObject *empty;
+        if (!empty) empty = PyBytes_FromStringAndSize("", 0);
+        data = empty ? _PyBytes_Join(empty, out) : NULL;
+    }
+    PyList_SetSlice(out, 0, PyList_GET_SIZE(out), NULL);
+    if (!data) { PyErr_WriteUnraisable((PyObject *)u); return; }
+    client_write(u, data);
+    Py_DECREF(data);
+}
+
+static PyObject *Upstream_data_received(UpstreamObject *u, PyObject *data) {
+    int state = u->state;
+    if (state == U_IDLE) { upstream_close(u); Py_RETURN_NONE; }  /* unsolicited bytes (RFC 9112 §9.3.2) */
+    if (state == U_DONE) { u->keep_alive = 0; Py_RETURN_NONE; }
+    if (state != U_AWAIT_HEAD && state != U_BODY) Py_RETURN_NONE;
+    u->resp_started = 1;
+    Py_INCREF(u);
+    PyObject *r = PyObject_CallMethodOneArg(u->parser, S_feed_data, data);
+    if (!r) {
+        PyErr_Clear();
+        if (u->error == E_INVALID) {
+            if (u->client_transport && !u->client_gone) call_method0(u->client_transport, S_close);
+            upstream_close(u);
+            finish(u, 0);
+        } else if (!u->head_written) {
+            fail_before_head(u, E_UNAVAILABLE);  /* malformed or oversized answer: 502 */
+        } else {
+            flush_out(u);
+            fail_before_head(u, E_BROKEN);
+        }
+        Py_DECREF(u);
+        Py_RETURN_NONE;
+    }
+    Py_DECREF(r);
+    if (u->state == U_AWAIT_HEAD) {
+        u->head_raw += (int)PyBytes_GET_SIZE(data);
+        if (u->head_raw > MAX_RESP_HEAD) fail_before_head(u, E_UNAVAILABLE);
+        Py_DECREF(u);
+        Py_RETURN_NONE;
+    }
+    flush_out(u);
+    if (u->state == U_DONE) {
+        finish(u, u->keep_alive);
+    } else if (u->state == U_BODY && !u->read_paused && !u->client_gone && u->client_transport) {
+        PyObject *size = PyObject_CallMethodNoArgs(u->client_transport, S_get_write_buffer_size);
+        if (size) {
+            if (PyLong_AsLong(size) > CLIENT_HIGH_WATER) {
+                u->read_paused = 1;
+                call_method0(u->transport, S_pause_reading);
+            }
+            Py_DECREF(size);
+        }
+        PyErr_Clear();
+    }
+    Py_DECREF(u);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Upstream_eof_received(UpstreamObject *u, PyObject *unused) { Py_RETURN_NONE; }
+static PyObject *Upstream_noop(UpstreamObject *u, PyObject *unused) { Py_RETURN_NONE; }
+
+static PyObject *Upstream_connection_lost(UpstreamObject *u, PyObject *exc) {
+    int state = u->state;
+    Py_INCREF(u);
+    if (u->pool && state != U_CONNECTING) u->pool->connections--;
+    if (state == U_AWAIT_HEAD) {
+        if (!u->resp_started && !u->client_gone && u->client) {
+            /* a pooled connection broke before any response byte (the stale keep-alive race): the Python lane
+             * replays the request and retries as its client does */
+            unlink_inflight(u);
+            PyObject *client = Py_NewRef(u->client), *request = Py_NewRef(u->request);
+            u->state = U_CLOSED;
+            clear_call(u);
+            PyObject *r = PyObject_CallMethodOneArg(client, S_native_fallback, request);
+            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
+            Py_DECREF(client); Py_DECREF(request);
+        } else {
+            fail_before_head(u, E_UNAVAILABLE);
+        }
+    } else if (state == U_BODY) {
+        if (u->framing == F_UNTIL_CLOSE && exc == Py_None) {  /* RFC 9112 §6.3 rule 8 */
+            u->state = U_DONE;
+            if (u->chunked_out && !u->client_gone) out_append(u, CHUNKED_END);
+            flush_out(u);
+            finish(u, 0);
+        } else {
+            flush_out(u);
+            fail_before_head(u, E_BROKEN);
+        }
+    } else if (state == U_IDLE) {
+        pool_remove(u);
+    }
+    u->state = U_CLOSED;
+    Py_CLEAR(u->transport);
+    Py_DECREF(u);
+    Py_RETURN_NONE;
+}
+
+/* -- called by the client protocol (protocol.py) -- */
+
+static PyObject *Upstream_client_lost(UpstreamObject *u, PyObject *unused) {
+    if (u->state == U_AWAIT_HEAD || u->state == U_BODY || u->state == U_DONE) {
+        u->client_gone = 1;
+        u->error = E_DISCONNECTED;
+        Py_INCREF(u);
+        upstream_close(u);
+        finish(u, 0);
+        Py_DECREF(u);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Upstream_resume(UpstreamObject *u, PyObject *unused) {
+    if (u->read_paused) {
+        u->read_paused = 0;
+        if (u->state == U_BODY) call_method0(u->transport, S_resume_reading);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *Upstream_close_after(UpstreamObject *u, PyObject *unused) {
+    if (!u->head_written) u->close_after = 1;
+    return PyBool_FromLong(u->close_after);
+}
+
+static PyObject *Upstream_expired(UpstreamObject *u, PyObject *unused) {
+    return PyBool_FromLong(u->state == U_IDLE && now_s() - u->idle_since >= u->idle_limit);
+}
+
+static PyObject *Upstream_close(UpstreamObject *u, PyObject *unused) {
+    upstream_close(u);
+    Py_RETURN_NONE;
+}
+
+static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
+    PyObject *pool;
+    if (!PyArg_ParseTuple(args, "O!", &PoolType, &pool)) return -1;
+    Py_XSETREF(u->pool, (PoolObject *)Py_NewRef(pool));
+    u->state = U_CONNECTING;
+    u->idle_limit = KEEPALIVE_TIMEOUT_S;
+    u->up_elapsed = -1;
+    return 0;
+}
+
+static int Upstream_traverse(UpstreamObject *u, visitproc visit, void *arg) {
+    Py_VISIT(u->pool); Py_VISIT(u->transport); Py_VISIT(u->parser); Py_VISIT(u->client);
+    Py_VISIT(u->client_transport); Py_VISIT(u->endpoint); Py_VISIT(u->request); Py_VISIT(u->headers);
+    Py_VISIT(u->out);
+    return 0;
+}
+
+static int Upstream_clear(UpstreamObject *u) {
+    unlink_inflight(u);
+    clear_call(u);
+    Py_CLEAR(u->pool);
+    Py_CLEAR(u->transport);
+    return 0;
+}
+
+static void Upstream_dealloc(UpstreamObject *u) {
+    PyObject_GC_UnTrack(u);
+    Upstream_clear(u);
+    Py_TYPE(u)->tp_free((PyObject *)u);
+}
+
+static PyObject *Upstream_get_state(UpstreamObject *u, void *c) {
+    static const char *names[] = {"connecting", "idle", "await_head", "body", "done", "closed"};
+    return PyUnicode_FromString(names[u->state]);
+}
+
+static PyMethodDef Upstream_methods[] = {
+    {"on_header", (PyCFunction)(void (*)(void))Upstream_on_header, METH_FASTCALL, NULL},
+    {"on_headers_complete", (PyCFunction)Upstream_on_headers_complete, METH_NOARGS, NULL},
+    {"on_body", (PyCFunction)Upstream_on_body, METH_O, NULL},
+    {"on_message_complete", (PyCFunction)Upstream_on_message_complete, METH_NOARGS, NULL},
+    {"connection_made", (PyCFunction)Upstream_connection_made, METH_O, NULL},
+    {"data_received", (PyCFunction)Upstream_data_received, METH_O, NULL},
+    {"eof_received", (PyCFunction)Upstream_eof_received, METH_NOARGS, NULL},
+    {"connection_lost", (PyCFunction)Upstream_connection_lost, METH_O, NULL},
+    {"pause_writing", (PyCFunction)Upstream_noop, METH_NOARGS, NULL},
+    {"resume_writing", (PyCFunction)Upstream_noop, METH_NOARGS, NULL},
+    {"client_lost", (PyCFunction)Upstream_client_lost, METH_NOARGS,
+     "The client connection was lost: abandon the call (499), never reuse this connection."},
+    {"resume", (PyCFunction)Upstream_resume, METH_NOARGS, "The client drained its write buffer: read again."},
+    {"close_after", (PyCFunction)Upstream_close_after, METH_NOARGS,
+     "Graceful shutdown: answer with Connection: close if the head is not written yet; True if so."},
+    {"expired", (PyCFunction)Upstream_expired, METH_NOARGS, "Idle past its idle limit."},
+    {"close", (PyCFunction)Upstream_close, METH_NOARGS, NULL},
+    {NULL}
+};
+
+static PyMemberDef Upstream_members[] = {
+    {"requests", T_INT, offsetof(UpstreamObject, requests), READONLY, NULL},
+    {"status", T_INT, offsetof(UpstreamObject, status), READONLY, NULL},
+    {NULL}
+};
+
+static PyGetSetDef Upstream_getset[] = {{"state", (getter)Upstream_get_state, NULL, NULL, NULL}, {NULL}};
+
+static PyTypeObject UpstreamType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sidecar_gateway.native._lane.Upstream",
+    .tp_basicsize = sizeof(UpstreamObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "One pooled backend connection of the native lane (an asyncio protocol).",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Upstream_init,
+    .tp_dealloc = (destructor)Upstream_dealloc,
+    .tp_traverse = (traverseproc)Upstream_traverse,
+    .tp_clear = (inquiry)Upstream_clear,
+    .tp_methods = Upstream_methods,
+    .tp_members = Upstream_members,
+    .tp_getset = Upstream_getset,
+};
+
+/* ------------------------------------------------------------------------------------------ Pool type */
+
+static int Pool_init(PoolObject *p, PyObject *args, PyObject *kwds) {
+    PyObject *origin;
+    if (!PyArg_ParseTuple(args, "O", &origin)) return -1;
+    Py_XSETREF(p->origin, Py_NewRef(origin));
+    Py_XSETREF(p->idle, PyList_New(0));
+    return p->idle ? 0 : -1;
+}
+static int Pool_traverse(PoolObject *p, visitproc visit, void *arg) { Py_VISIT(p->idle); Py_VISIT(p->origin); return 0; }
+static int Pool_clear(PoolObject *p) { Py_CLEAR(p->idle); Py_CLEAR(p->origin); return 0; }
+static void Pool_dealloc(PoolObject *p) { PyObject_GC_UnTrack(p); Pool_clear(p); Py_TYPE(p)->tp_free((PyObject *)p); }
+
+static PyObject *Pool_close(PoolObject *p, PyObject *unused) {
+    while (p->idle && PyList_GET_SIZE(p->idle)) {
+        UpstreamObject *u = (UpstreamObject *)Py_NewRef(PyList_GET_ITEM(p->idle, PyList_GET_SIZE(p->idle) - 1));
+        PyList_SetSlice(p->idle, PyList_GET_SIZE(p->idle) - 1, PyList_GET_SIZE(p->idle), NULL);
+        upstream_close(u);
+        Py_DECREF(u);
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef Pool_methods[] = {
+    {"close", (PyCFunction)Pool_close, METH_NOARGS, "Close the idle connections."},
+    {NULL}
+};
+
+static PyMemberDef Pool_members[] = {
+    {"idle", T_OBJECT, offsetof(PoolObject, idle), READONLY, NULL},
+    {"origin", T_OBJECT, offsetof(PoolObject, origin), READONLY, NULL},
+    {"connections", T_INT, offsetof(PoolObject, connections), READONLY, NULL},
+    {"connecting", T_INT, offsetof(PoolObject, connecting), 0, NULL},
+    {NULL}
+};
+
+static PyTypeObject PoolType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sidecar_gateway.native._lane.Pool",
+    .tp_basicsize = sizeof(PoolObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
+    .tp_doc = "The native lane's keep-alive connections to one backend origin.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Pool_init,
+    .tp_dealloc = (destructor)Pool_dealloc,
+    .tp_traverse = (traverseproc)Pool_traverse,
+    .tp_clear = (inquiry)Pool_clear,
+    .tp_methods = Pool_methods,
+    .tp_members = Pool_members,
+};
+
+/* ------------------------------------------------------------------------------------------- serve() */
+
+enum { EP_EPR, EP_BASE, EP_HOST, EP_KEY_IN_HEADER, EP_KEY_NAMES, EP_POOL, EP_SERVICE, EP_ENDPOINT, EP_TIMEOUT,
+       EP_502, EP_504, EP_SIZE };
+
+static int key_name(PyObject *names, const char *s, Py_ssize_t n) {
+    Py_ssize_t count = PyTuple_GET_SIZE(names);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *k = PyTuple_GET_ITEM(names, i);
+        if (PyBytes_GET_SIZE(k) == n && memcmp(PyBytes_AS_STRING(k), s, n) == 0) return 1;
+    }
+    return 0;
+}
+
+/* serve(client, client_transport, data, routes, peer, scheme) -> Upstream (taken) | Pool (eligible, no idle
+ * connection: the Python lane serves it and lane.py warms the pool) | None (not for this lane) */
+static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 6) { PyErr_SetString(PyExc_TypeError, "serve() takes 6 arguments"); return NULL; }
+    PyObject *client = args[0], *ctransport = args[1], *data = args[2], *routes = args[3], *peer = args[4],
+             *scheme = args[5];
+    if (!PyBytes_Check(data) || !PyDict_Check(routes) || !PyBytes_Check(peer) || !PyBytes_Check(scheme))
+        Py_RETURN_NONE;
+    double t0 = now_s();
+    const char *s = PyBytes_AS_STRING(data), *p, *end;
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n < 18 || n > MAX_NATIVE_HEAD || memcmp(s + n - 4, "\r\n\r\n", 4) != 0) Py_RETURN_NONE;
+    end = s + n;
+    int is_head;
+    if (memcmp(s, "GET ", 4) == 0) { is_head = 0; p = s + 4; }
+    else if (memcmp(s, "HEAD ", 5) == 0) { is_head = 1; p = s + 5; }
+    else Py_RETURN_NONE;
+    const char *target = p;
+    while (p < end && TARGET[(unsigned char)*p]) p++;
+    Py_ssize_t tlen = p - target;
+    if (tlen == 0 || tlen > 8192 || target[0] != '/' || end - p < 12 || memcmp(p, " HTTP/1.1\r\n", 11) != 0)
+        Py_RETURN_NONE;
+    p += 11;
+    const char *q = memchr(target, '?', tlen);
+    Py_ssize_t path_len = q ? q - target : tlen;
+    const char *query = q ? q + 1 : NULL;
+    Py_ssize_t query_len = q ? tlen - path_len - 1 : 0;
+    for (Py_ssize_t i = 0; i < path_len; i++) if (target[i] == '.' || target[i] == '%') Py_RETURN_NONE;
+
+    /* route: the longest public_path on a segment boundary (routing.Router.match) */
+    Py_ssize_t plen = path_len;
+    while (plen > 0 && target[plen - 1] == '/') plen--;
+    if (plen == 0) plen = 1;  /* "/" */
+    PyObject *endpoint = NULL;
+    for (;;) {
+        PyObject *key = PyBytes_FromStringAndSize(target, plen);
+        if (!key) return NULL;
+        PyObject *entry = PyDict_GetItemWithError(routes, key);
+        Py_DECREF(key);
+        if (!entry && PyErr_Occurred()) return NULL;
+        if (entry) {
+            if (!PyTuple_Check(entry) || PyTuple_GET_SIZE(entry) != EP_SIZE) Py_RETURN_NONE;
+            endpoint = entry;
+            break;
+        }
+        if (plen == 1 && target[0] == '/') Py_RETURN_NONE;  /* 404: the Python lane renders it */
+        Py_ssize_t j = plen - 1;
+        while (j > 0 && target[j] != '/') j--;
+        plen = j > 0 ? j : 1;
+    }
+    const char *remainder = (plen == 1) ? target : target + plen;
+    Py_ssize_t remainder_len = (plen == 1) ? path_len : path_len - plen;
+    int key_in_header = PyObject_IsTrue(PyTuple_GET_ITEM(endpoint, EP_KEY_IN_HEADER));
+    PyObject *key_names = PyTuple_GET_ITEM(endpoint, EP_KEY_NAMES);
+    if (!key_in_header && query_len) {  /* a key presented in the query: the Python lane authenticates it */
+        const char *a = query, *qend = query + query_len;
+        while (a <= qend) {
+            const char *b = memchr(a, '&', qend - a);
+            if (!b) b = qend;
+            const char *eq = memchr(a, '=', b - a);
+            if (key_name(key_names, a, (eq ? eq : b) - a)) Py_RETURN_NONE;
+            a = b + 1;
+        }
+    }
+
+    /* headers: strict and plain only; hygiene as headers.forward_request_headers */
+    Buf kept; buf_init(&kept);
+    const char *host = NULL;
+    Py_ssize_t host_len = 0;
+    int host_count = 0, fields = 0;
+    char lname[64];
+    while (!(p[0] == '\r' && p[1] == '\n')) {
+        const char *name = p;
+        while (p < end && TCHAR[(unsigned char)*p]) p++;
+        Py_ssize_t nl = p - name;
+        if (nl == 0 || p >= end || *p != ':') goto not_taken;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        const char *value = p;
+        while (p < end && RVAL[(unsigned char)*p]) p++;
+        Py_ssize_t vl = p - value;
+        if (end - p < 2 || p[0] != '\r' || p[1] != '\n' || vl == 0 || value[vl - 1] == ' ' || value[vl - 1] == '\t')
+            goto not_taken;
+        p += 2;
+        if (++fields > MAX_REQ_FIELDS) goto not_taken;
+        int long_name = nl > (Py_ssize_t)sizeof lname;
+        if (!long_name) for (Py_ssize_t i = 0; i < nl; i++) lname[i] = (char)lower((unsigned char)name[i]);
+        if (!long_name) {
+            int drop = 0;
+            switch (nl) {
+            case 2: drop = memcmp(lname, "te", 2) == 0; break;
+            case 4:
+                if (memcmp(lname, "host", 4) == 0) { host = value; host_len = vl; host_count++; drop = 1; }
+                break;
+            case 6: if (memcmp(lname, "expect", 6) == 0) goto not_taken; break;
+            case 7:
+                if (memcmp(lname, "upgrade", 7) == 0) goto not_taken;
+                drop = memcmp(lname, "trailer", 7) == 0;
+                break;
+            case 10:
+                if (memcmp(lname, "connection", 10) == 0) {
+                    if (!ieq(value, vl, "keep-alive")) goto not_taken;
+                    drop = 1;
+                } else drop = memcmp(lname, "keep-alive", 10) == 0;
+                break;
+            case 14: if (memcmp(lname, "content-length", 14) == 0) goto not_taken; break;
+            case 15:
+                drop = memcmp(lname, "x-forwarded-for", 15) == 0;
+                break;
+            case 16: drop = memcmp(lname, "proxy-connection", 16) == 0 || memcmp(lname, "x-forwarded-host", 16) == 0; break;
+            case 17:
+                if (memcmp(lname, "transfer-encoding", 17) == 0) goto not_taken;
+                drop = memcmp(lname, "x-forwarded-proto", 17) == 0;
+                break;
+            case 18: drop = memcmp(lname, "proxy-authenticate", 18) == 0; break;
+            case 19: drop = memcmp(lname, "proxy-authorization", 19) == 0; break;
+            case 20: drop = memcmp(lname, "x-mashery-message-id", 20) == 0; break;
+            }
+            if (key_in_header && key_name(key_names, lname, nl)) goto not_taken;
+            if (drop) continue;
+            if (buf_put(&kept, lname, nl) < 0) goto error;
+        } else {
+            for (Py_ssize_t i = 0; i < nl; i++) { char c = (char)lower((unsigned char)name[i]); if (buf_put(&kept, &c, 1) < 0) goto error; }
+            if (key_in_header) goto not_taken;  /* names this long are never key headers we compare cheaply */
+        }
+        if (buf_put(&kept, ": ", 2) < 0 || buf_put(&kept, value, vl) < 0 || buf_put(&kept, "\r\n", 2) < 0) goto error;
+    }
+    if (p + 2 != end || host_count != 1 || !host_ok(host, host_len)) goto not_taken;
+
+    /* a pooled connection, most recently used first; expired ones are closed */
+    PoolObject *pool = (PoolObject *)PyTuple_GET_ITEM(endpoint, EP_POOL);
+    if (Py_TYPE(pool) != &PoolType) goto not_taken;
+    UpstreamObject *u = NULL;
+    while (PyList_GET_SIZE(pool->idle)) {
+        Py_ssize_t last = PyList_GET_SIZE(pool->idle) - 1;
+        UpstreamObject *c = (UpstreamObject *)Py_NewRef(PyList_GET_ITEM(pool->idle, last));
+        PyList_SetSlice(pool->idle, last, last + 1, NULL);
+        if (c->state == U_IDLE && t0 - c->idle_since < c->idle_limit && c->transport) { u = c; break; }
+        upstream_close(c);
+        Py_DECREF(c);
+    }
+    if (!u) { buf_free(&kept); return Py_NewRef((PyObject *)pool); }
+
+    /* the backend request (proxy.backend_path + http11.encode_request_head) */
+    Buf req; buf_init(&req);
+    char mid[36];
+    message_id(mid);
+    PyObject *base = PyTuple_GET_ITEM(endpoint, EP_BASE), *bhost = PyTuple_GET_ITEM(endpoint, EP_HOST);
+    Py_ssize_t base_len = PyBytes_GET_SIZE(base);
+    int ok = buf_str(&req, is_head ? "HEAD " : "GET ") == 0;
+    if (ok) {
+        if (base_len + remainder_len == 0) ok = buf_put(&req, "/", 1) == 0;
+        else {
+            const char *first = base_len ? PyBytes_AS_STRING(base) : remainder;
+            if (first[0] != '/') ok = buf_put(&req, "/", 1) == 0;
+            ok = ok && buf_put(&req, PyBytes_AS_STRING(base), base_len) == 0 &&
+                 buf_put(&req, remainder, remainder_len) == 0;
+        }
+    }
+    if (ok && query_len) ok = buf_put(&req, "?", 1) == 0 && buf_put(&req, query, query_len) == 0;
+    ok = ok && buf_str(&req, " HTTP/1.1\r\n") == 0 && buf_put(&req, kept.p, kept.n) == 0 &&
+         buf_str(&req, "host: ") == 0 && buf_put(&req, PyBytes_AS_STRING(bhost), PyBytes_GET_SIZE(bhost)) == 0 &&
+         buf_str(&req, "\r\nx-forwarded-for: ") == 0 && buf_put(&req, PyBytes_AS_STRING(peer), PyBytes_GET_SIZE(peer)) == 0 &&
+         buf_str(&req, "\r\nx-forwarded-proto: ") == 0 &&
+         buf_put(&req, PyBytes_AS_STRING(scheme), PyBytes_GET_SIZE(scheme)) == 0 &&
+         buf_str(&req, "\r\nx-forwarded-host: ") == 0 && buf_put(&req, host, host_len) == 0 &&
+         buf_str(&req, "\r\nx-mashery-message-id: ") == 0 && buf_put(&req, mid, 36) == 0 &&
+         buf_str(&req, "\r\n\r\n") == 0;
+    buf_free(&kept);
+    if (!ok) { buf_free(&req); Py_DECREF(u); return NULL; }
+    PyObject *wire = PyBytes_FromStringAndSize(req.p, req.n);
+    buf_free(&req);
+    PyObject *parser = wire ? PyObject_CallOneArg(ResponseParser, (PyObject *)u) : NULL;
+    PyObject *headers = parser ? PyList_New(0) : NULL;
+    PyObject *mid_s = headers ? PyUnicode_FromStringAndSize(mid, 36) : NULL;
+    PyObject *path_s = mid_s ? PyUnicode_DecodeLatin1(target, path_len, NULL) : NULL;
+    if (!path_s) {
+        Py_XDECREF(wire); Py_XDECREF(parser); Py_XDECREF(headers); Py_XDECREF(mid_s);
+        /* the connection is still good: back to the pool */
+        PyList_Append(pool->idle, (PyObject *)u);
+        Py_DECREF(u);
+        return NULL;
+    }
+    clear_call(u);
+    u->parser = parser;
+    u->headers = headers;
+    u->mid = mid_s;
+    u->path = path_s;
+    u->method = Py_NewRef(is_head ? S_HEAD : S_GET);
+    u->client = Py_NewRef(client);
+    u->client_transport = Py_NewRef(ctransport);
+    u->endpoint = Py_NewRef(endpoint);
+    u->request = Py_NewRef(data);
+    u->t0 = t0;
+    u->deadline = t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(endpoint, EP_TIMEOUT));
+    u->up_elapsed = -1;
+    u->status = 0; u->is_head = is_head; u->interim = 0; u->framing_hint = F_UNTIL_CLOSE; u->framing = F_NONE;
+    u->keep_alive = 0; u->conn_close = 0; u->conn_keepalive = 0; u->head_bytes = 0; u->head_raw = 0;
+    u->resp_started = 0; u->head_written = 0; u->chunked_out = 0; u->client_gone = 0; u->read_paused = 0;
+    u->close_after = 0; u->error = E_NONE;
+    u->state = U_AWAIT_HEAD;
+    u->requests++;
+    link_inflight(u);
+    served_total++;
+    PyObject *r = PyObject_CallMethodOneArg(u->transport, S_write, wire);
+    Py_DECREF(wire);
+    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->transport);
+    return (PyObject *)u;  /* the reference taken from the pool */
+
+not_taken:
+    buf_free(&kept);
+    Py_RETURN_NONE;
+error:
+    buf_free(&kept);
+    return NULL;
+}
+
+/* sweep(): calls still waiting for a response head past their endpoint deadline are answered 504 */
+static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
+    double now = now_s();
+    UpstreamObject *u = inflight.next;
+    while (u != &inflight) {
+        UpstreamObject *next = u->next;
+        if (u->state == U_AWAIT_HEAD && now >= u->deadline) {
+            Py_INCREF(u);
+            Py_INCREF(next);
+            fail_before_head(u, E_TIMEOUT);
+            Py_DECREF(u);
+            /* ``next`` may have finished meanwhile (unlinked): restart from the head then */
+            if (!next->next && next != &inflight) { Py_DECREF(next); u = inflight.next; continue; }
+            Py_DECREF(next);
+        }
+        u = next;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *lane_inflight(PyObject *mod, PyObject *unused) {
+    long count = 0;
+    for (UpstreamObject *u = inflight.next; u != &inflight; u = u->next) count++;
+    return PyLong_FromLong(count);
+}
+
+static PyObject *lane_served(PyObject *mod, PyObject *unused) { return PyLong_FromUnsignedLongLong(served_total); }
+
+static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
+    char mid[36];
+    message_id(mid);
+    return PyUnicode_FromStringAndSize(mid, 36);
+}
+
+static PyObject *lane_configure(PyObject *mod, PyObject *args) {
+    PyObject *parser, *lines;
+    if (!PyArg_ParseTuple(args, "OO!", &parser, &PyDict_Type, &lines)) return NULL;
+    Py_XSETREF(ResponseParser, Py_NewRef(parser));
+    Py_XSETREF(StatusLines, Py_NewRef(lines));
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef lane_methods[] = {
+    {"serve", (PyCFunction)(void (*)(void))lane_serve, METH_FASTCALL,
+     "serve(client, client_transport, data, routes, peer, scheme) -> Upstream | Pool | None"},
+    {"sweep", (PyCFunction)lane_sweep, METH_NOARGS, "Answer 504 for calls past their deadline."},
+    {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
+    {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
+    {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
+    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE)"},
+    {NULL}
+};
+
+static struct PyModuleDef lane_module = {PyModuleDef_HEAD_INIT, "_lane", NULL, -1, lane_methods};
+
+PyMODINIT_FUNC PyInit__lane(void) {
+    init_classes();
+    rng_seed();
+    if (PyType_Ready(&PoolType) < 0 || PyType_Ready(&UpstreamType) < 0) return NULL;
+#define STR(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
+    STR(S_write, "write"); STR(S_close, "close"); STR(S_is_closing, "is_closing");
+    STR(S_pause_reading, "pause_reading"); STR(S_resume_reading, "resume_reading"); STR(S_feed_data, "feed_data");
+    STR(S_get_status_code, "get_status_code"); STR(S_should_keep_alive, "should_keep_alive");
+    STR(S_get_http_version, "get_http_version"); STR(S_native_done, "_native_done");
+    STR(S_native_fallback, "_native_fallback"); STR(S_get_write_buffer_size, "get_write_buffer_size");
+    STR(S_HTTP10, "1.0"); STR(S_GET, "GET"); STR(S_HEAD, "HEAD");
+#undef STR
+    CHUNKED_END = PyBytes_FromString("0\r\n\r\n");
+    if (!CHUNKED_END) return NULL;
+    PyObject *m = PyModule_Create(&lane_module);
+    if (!m) return NULL;
+    if (PyModule_AddObjectRef(m, "Pool", (PyObject *)&PoolType) < 0 ||
+        PyModule_AddObjectRef(m, "Upstream", (PyObject *)&UpstreamType) < 0) { Py_DECREF(m); return NULL; }
+    return m;
+}

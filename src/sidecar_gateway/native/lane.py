@@ -1,0 +1,215 @@
+"""The native lane's Python side: which endpoints it serves, its connection pools, its deadline sweep.
+
+The lane itself (``_lane.c``, docs/native-lane.md) serves a plain-proxy call with no Python on the per-request
+path.  It takes only what it can do exactly as the Python lane does; everything else is served by the Python lane
+unchanged.  This module decides, once per configuration load (``build_routes``), which public paths it may take:
+
+* the path's group has one endpoint, not bound to a ``public_host``, accepting every method;
+* no pre- or post-processing, ``key_required: false``, an ``http://`` target without a query of its own;
+* the configuration names no ``trusted_proxies`` (X-Forwarded-For then needs the Python lane's client address).
+
+Per request the C code adds its own conditions (docs/native-lane.md): GET or HEAD, HTTP/1.1, no body, no key
+presented, a plain path and plainly valid headers, the whole request in one read.
+
+``SIDECAR_GATEWAY_NATIVE=0`` turns the lane off (every call through the Python lane, the reference); without a C
+compiler at install time the extension is absent and ``AVAILABLE`` is False.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from typing import TYPE_CHECKING, Any
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE
+
+from ..errors import BackendFailure, ErrorCode
+from ..observability.logs import log_event
+from ..observability.logs import thousandths as _thousandths
+from ..observability.metrics import native_requests_total
+
+if TYPE_CHECKING:
+    from ..gateway.runtime import Runtime
+
+try:
+    from . import _lane
+except ImportError:  # built without a C compiler: the Python lane serves everything
+    _lane = None  # type: ignore[assignment]
+
+__all__ = ["AVAILABLE", "ENV", "Upstream", "build_routes", "close_pools", "enabled", "record", "serve", "served",
+           "warm"]
+
+AVAILABLE = _lane is not None
+ENV = "SIDECAR_GATEWAY_NATIVE"
+SWEEP_INTERVAL_S = 0.05  # the deadline of a call waiting for its response head is kept to within this
+REAP_EVERY = 20  # sweeps between two passes over the pools for expired idle connections (1 s)
+WARM_PARALLEL = 4  # connections being opened at once per pool
+MAX_CONNECTIONS = 1024  # per pool and worker
+CONNECT_TIMEOUT_S = 10.0  # http11.CONNECT_TIMEOUT_S
+
+# Why a native call ended early (``_lane.c`` E_*), for the access record and the log.
+E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID = 1, 2, 3, 4, 5
+
+_pools: dict[tuple[str, int], Any] = {}  # (host, port) -> _lane.Pool, for the whole worker (survives reloads)
+_connecting: set[asyncio.Task[None]] = set()  # warm-up tasks (a reference each, or the loop may drop them)
+_sweeper: asyncio.TimerHandle | None = None
+_ticks = 0
+
+if _lane is not None:
+    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE))
+    serve = _lane.serve
+    Upstream: Any = _lane.Upstream
+else:
+    serve = None
+    Upstream = type(None)
+
+_ERROR_NAMES = {
+    E_UNAVAILABLE: BackendFailure(ErrorCode.BACKEND_UNAVAILABLE).error_name,
+    E_TIMEOUT: BackendFailure(ErrorCode.BACKEND_TIMEOUT).error_name,
+}
+_EVENTS = {
+    E_UNAVAILABLE: (logging.WARNING, "backend_unavailable", "connection failed or answer malformed"),
+    E_BROKEN: (logging.WARNING, "backend_response_broken", "the backend connection broke mid-body; client cut"),
+    E_INVALID: (logging.ERROR, "invalid_backend_header", "Invalid HTTP header."),
+}
+
+
+def enabled() -> bool:
+    return AVAILABLE and os.environ.get(ENV, "1") != "0"
+
+
+def served() -> int:
+    """Calls the native lane has taken in this process."""
+    return _lane.served() if _lane is not None else 0
+
+
+def _reply_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
+    """A gateway reply as the Python lane writes it (``_Responder.reply`` → ``_Cycle._encode_head``)."""
+    lines = b"".join(k.lower() + b": " + v + b"\r\n" for k, v in headers)
+    return STATUS_LINE[status] + lines + b"content-length: %d\r\n\r\n" % len(body) + body
+
+
+def _eligible(runtime: Runtime, endpoint: Any) -> bool:
+    epr = runtime.endpoints[endpoint.endpoint_id]
+    target = endpoint.target
+    return (epr.sidecar is None and endpoint.pre is None and endpoint.post is None and not endpoint.key_required
+            and endpoint.public_host is None and endpoint.methods is None and target.scheme == "http"
+            and not target.query)
+
+
+def build_routes(runtime: Runtime) -> dict[bytes, tuple[Any, ...] | None] | None:
+    """The native routing table for ``runtime``: public path → endpoint tuple (read by ``_lane.c``), or None
+    for a path the lane must leave to the Python lane.  None when the lane is off for this configuration."""
+    if not enabled() or runtime.plan.trusted_proxies:
+        return None
+    from ..gateway.responses import render_error  # gateway imports this module: no import at load
+
+    routes: dict[bytes, tuple[Any, ...] | None] = {}
+    for path, (group, host_bound) in runtime.router._by_path.items():
+        key = path.encode("latin-1")
+        endpoint = group[0]
+        if len(group) != 1 or host_bound or not _eligible(runtime, endpoint):
+            routes[key] = None
+            continue
+        target = endpoint.target
+        pool = _pools.get((target.host, target.port))
+        if pool is None:
+            pool = _pools[(target.host, target.port)] = _lane.Pool((target.host, target.port))
+        bad = render_error(BackendFailure(ErrorCode.BACKEND_UNAVAILABLE), endpoint)
+        late = render_error(BackendFailure(ErrorCode.BACKEND_TIMEOUT), endpoint)
+        location = endpoint.key_location
+        routes[key] = (
+            runtime.endpoints[endpoint.endpoint_id], target.base_path.encode("latin-1"), target.host_header,
+            location.in_header, tuple(name.encode("latin-1") for name in location.names), pool,
+            endpoint.service_id, endpoint.endpoint_id, float(endpoint.timeout_s),
+            _reply_bytes(bad.status, bad.headers, bad.body), _reply_bytes(late.status, late.headers, late.body),
+        )
+    return routes
+
+
+def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_id: str, status: int,
+           elapsed: float, upstream_elapsed: float | None, error: int) -> None:
+    """A native call's metrics, log event and access record, as ``GatewayApp._http`` writes them."""
+    epr = endpoint[0]
+    epr.metrics.observe(status, elapsed)
+    native_requests_total.inc()
+    event = _EVENTS.get(error)
+    if event is not None:
+        log_event(event[0], event[1], message_id=message_id, error=event[2])
+    if upstream_elapsed is not None:
+        epr.metrics.upstream_duration.observe(upstream_elapsed)
+    log = app.access_log
+    if not log.enabled:
+        return
+    entry: dict[str, Any] = {"method": method, "path": path, "message_id": message_id, "service_id": endpoint[6],
+                             "endpoint_id": endpoint[7], "key": None}
+    name = _ERROR_NAMES.get(error)
+    if name is not None:
+        entry["error"] = name
+    elif upstream_elapsed is not None:
+        entry["upstream_ms"] = _thousandths(upstream_elapsed * 1000)
+    if error == E_DISCONNECTED:
+        entry["disconnected"] = True
+    entry["status"] = status
+    entry["duration_ms"] = _thousandths(elapsed * 1000)
+    entry["ts"] = _thousandths(time.time())
+    log.write(entry)
+
+
+def warm(pool: Any) -> None:
+    """A call found ``pool`` empty (the Python lane served it): open a connection for the next ones."""
+    if pool.connecting >= WARM_PARALLEL or pool.connections + pool.connecting >= MAX_CONNECTIONS:
+        return
+    loop = asyncio.get_running_loop()
+    _ensure_sweeper(loop)
+    pool.connecting += 1
+    task = loop.create_task(_connect(pool))
+    _connecting.add(task)
+    task.add_done_callback(_connecting.discard)
+
+
+async def _connect(pool: Any) -> None:
+    host, port = pool.origin
+    loop = asyncio.get_running_loop()
+    try:
+        await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port), CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:  # the Python lane keeps serving; its client reports the backend
+        log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
+    finally:
+        pool.connecting -= 1
+
+
+def _ensure_sweeper(loop: asyncio.AbstractEventLoop) -> None:
+    global _sweeper
+    if _sweeper is None:
+        _sweeper = loop.call_later(SWEEP_INTERVAL_S, _tick, loop)
+
+
+def _tick(loop: asyncio.AbstractEventLoop) -> None:
+    global _sweeper, _ticks
+    _lane.sweep()
+    _ticks += 1
+    if _ticks % REAP_EVERY == 0:
+        _reap()
+    _sweeper = loop.call_later(SWEEP_INTERVAL_S, _tick, loop)
+
+
+def _reap() -> None:
+    """Close idle pooled connections past their idle limit (``serve`` also skips them when it meets them)."""
+    for pool in _pools.values():
+        for upstream in list(pool.idle):
+            if upstream.expired():
+                upstream.close()
+
+
+def close_pools() -> None:
+    """Worker shutdown: close every idle native connection and stop the sweep."""
+    global _sweeper
+    for pool in _pools.values():
+        pool.close()
+    if _sweeper is not None:
+        _sweeper.cancel()
+        _sweeper = None
