@@ -1,6 +1,7 @@
 """The folders follow the data (style rule 1): imports only point rightwards.
 
-config → gateway → sidecar → transports.  ``config`` imports nothing of ours but ``errors``; ``transports``
+config → gateway → sidecar → transports; the native lane (``native``) is used by ``gateway`` only.
+``config`` imports nothing of ours but ``errors``; ``transports``
 imports nothing above it (only the plan's connection types, ``errors`` and ``observability``); ``sidecar``
 never imports ``gateway``.
 """
@@ -21,7 +22,8 @@ ALLOWED: dict[str, set[str]] = {
     "sidecar": {"sidecar", "errors", "config", "transports", "observability", "sdk"},
     "sdk": {"sdk"},  # standard library only: it is zipped into Lambda functions
     "observability": {"observability", "errors"},
-    "gateway": {"gateway", "sidecar", "transports", "config", "errors", "observability"},
+    "gateway": {"gateway", "sidecar", "transports", "config", "errors", "observability", "native"},
+    "native": {"native", "errors", "observability"},  # the native lane: the gateway passes it what it needs
 }
 
 

@@ -631,13 +631,6 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if self._keepalive_timer is None:
             self._keepalive_timer = self.loop.call_at(deadline, self._on_keepalive_timer)
 
-    def _native_fallback(self, request: bytes) -> None:
-        """The pooled connection broke before any response byte: the Python lane serves the request (its client
-        retries a stale connection), then whatever arrived behind it."""
-        pending = self._native_end()
-        if not self.transport.is_closing():
-            self._feed(request + pending)
-
     def resume_writing(self) -> None:
         super().resume_writing()
         if self._native is not None:

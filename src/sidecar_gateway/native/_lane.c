@@ -13,8 +13,8 @@
  *   sweep()      the endpoint deadline for calls still waiting for a response head (504).
  *
  * Python is called once per call at its end (``client._native_done``: metrics and the access record) and for the
- * rare paths: a stale pooled connection broken before any response byte (``client._native_fallback``: the request
- * is replayed through the Python lane, which retries like the Python client), warming a pool that was empty.
+ * rare paths: a stale pooled connection broken before any response byte (``lane._retry``: the request goes once
+ * more on a fresh connection, as the Python client does), warming a pool that was empty.
  * The Python lane stays the reference: tests/integration/test_native_lane_differential.py compares the bytes.
  */
 #define PY_SSIZE_T_CLEAN
@@ -29,9 +29,10 @@
 /* ------------------------------------------------------------------------------------------ module state */
 
 static PyObject *ResponseParser;   /* httptools.HttpResponseParser */
+static PyObject *RetryHook;        /* lane._retry(upstream): open a fresh connection for a call (lane.py) */
 static PyObject *StatusLines;      /* dict int -> bytes (uvicorn STATUS_LINE) */
 static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
-    *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done, *S_native_fallback,
+    *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done,
     *S_get_write_buffer_size, *S_HTTP10, *S_GET, *S_HEAD;
 static unsigned long long served_total;   /* calls taken by serve() */
 
@@ -178,7 +179,7 @@ static PyTypeObject PoolType;
 
 /* ------------------------------------------------------------------------------------------- Upstream */
 
-enum { U_CONNECTING, U_IDLE, U_AWAIT_HEAD, U_BODY, U_DONE, U_CLOSED };
+enum { U_CONNECTING, U_IDLE, U_AWAIT_HEAD, U_BODY, U_DONE, U_CLOSED, U_RETRY };
 enum { F_NONE, F_LENGTH, F_CHUNKED, F_UNTIL_CLOSE };
 enum { E_NONE, E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID };
 
@@ -194,7 +195,8 @@ struct UpstreamObject {
     PyObject *client;            /* the client protocol (lane glue in protocol.py) */
     PyObject *client_transport;
     PyObject *endpoint;          /* lane.py endpoint tuple */
-    PyObject *request;           /* the client's raw request (replayed by the Python lane on a stale connection) */
+    PyObject *request;           /* the client's raw request */
+    PyObject *wire;              /* the backend request as written (re-sent once on a fresh connection) */
     PyObject *method;            /* "GET" | "HEAD" */
     PyObject *path;              /* raw path, str */
     PyObject *mid;               /* message id, str */
@@ -204,6 +206,7 @@ struct UpstreamObject {
     int status, is_head, interim, framing_hint, framing, keep_alive, conn_close, conn_keepalive;
     int head_bytes, head_raw, resp_started, head_written, chunked_out, client_gone, read_paused, close_after;
     int error;                   /* E_*: why the call ended early */
+    int retried;                 /* the call already moved to a fresh connection once */
     UpstreamObject *prev, *next; /* calls in flight (sweep) */
 };
 
@@ -247,6 +250,7 @@ static void upstream_close(UpstreamObject *u) {
 
 static void clear_call(UpstreamObject *u) {
     Py_CLEAR(u->client); Py_CLEAR(u->client_transport); Py_CLEAR(u->endpoint); Py_CLEAR(u->request);
+    Py_CLEAR(u->wire);
     Py_CLEAR(u->method); Py_CLEAR(u->path); Py_CLEAR(u->mid); Py_CLEAR(u->headers); Py_CLEAR(u->out);
     Py_CLEAR(u->parser);
 }
@@ -642,16 +646,16 @@ static PyObject *Upstream_connection_lost(UpstreamObject *u, PyObject *exc) {
     Py_INCREF(u);
     if (u->pool && state != U_CONNECTING) u->pool->connections--;
     if (state == U_AWAIT_HEAD) {
-        if (!u->resp_started && !u->client_gone && u->client) {
-            /* a pooled connection broke before any response byte (the stale keep-alive race): the Python lane
-             * replays the request and retries as its client does */
-            unlink_inflight(u);
-            PyObject *client = Py_NewRef(u->client), *request = Py_NewRef(u->request);
-            u->state = U_CLOSED;
-            clear_call(u);
-            PyObject *r = PyObject_CallMethodOneArg(client, S_native_fallback, request);
-            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
-            Py_DECREF(client); Py_DECREF(request);
+        if (!u->resp_started && !u->client_gone && u->client && !u->retried && RetryHook) {
+            /* a pooled connection broke before any response byte (the stale keep-alive race): the request goes
+             * once more, same message id, on a fresh connection (fastpool.py's rule); the deadline still runs */
+            u->state = U_RETRY;
+            Py_CLEAR(u->parser);
+            Py_CLEAR(u->transport);
+            PyObject *r = PyObject_CallOneArg(RetryHook, (PyObject *)u);
+            if (r) Py_DECREF(r); else { PyErr_WriteUnraisable(RetryHook); fail_before_head(u, E_UNAVAILABLE); }
+            Py_DECREF(u);
+            Py_RETURN_NONE;
         } else {
             fail_before_head(u, E_UNAVAILABLE);
         }
@@ -677,7 +681,7 @@ static PyObject *Upstream_connection_lost(UpstreamObject *u, PyObject *exc) {
 /* -- called by the client protocol (protocol.py) -- */
 
 static PyObject *Upstream_client_lost(UpstreamObject *u, PyObject *unused) {
-    if (u->state == U_AWAIT_HEAD || u->state == U_BODY || u->state == U_DONE) {
+    if (u->state == U_AWAIT_HEAD || u->state == U_BODY || u->state == U_DONE || u->state == U_RETRY) {
         u->client_gone = 1;
         u->error = E_DISCONNECTED;
         Py_INCREF(u);
@@ -699,6 +703,50 @@ static PyObject *Upstream_resume(UpstreamObject *u, PyObject *unused) {
 static PyObject *Upstream_close_after(UpstreamObject *u, PyObject *unused) {
     if (!u->head_written) u->close_after = 1;
     return PyBool_FromLong(u->close_after);
+}
+
+/* handover(fresh): the retry's connection is up; the call moves to it and the request is written again.
+ * Returns the client protocol (which now holds ``fresh`` as its call), or None when the call ended meanwhile
+ * (``fresh`` stays in the pool). */
+static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
+    if (Py_TYPE(arg) != &UpstreamType) { PyErr_SetString(PyExc_TypeError, "handover(Upstream)"); return NULL; }
+    UpstreamObject *f = (UpstreamObject *)arg;
+    if (u->state != U_RETRY || !u->client || f->state != U_IDLE || !f->transport) Py_RETURN_NONE;
+    PyObject *parser = PyObject_CallOneArg(ResponseParser, (PyObject *)f);
+    PyObject *headers = parser ? PyList_New(0) : NULL;
+    if (!headers) { Py_XDECREF(parser); return NULL; }
+    pool_remove(f);
+    clear_call(f);
+    f->parser = parser; f->headers = headers;
+#define MOVE(field) f->field = u->field; u->field = NULL
+    MOVE(client); MOVE(client_transport); MOVE(endpoint); MOVE(request); MOVE(wire); MOVE(method); MOVE(path);
+    MOVE(mid);
+#undef MOVE
+    f->t0 = u->t0; f->deadline = u->deadline; f->up_elapsed = -1; f->is_head = u->is_head;
+    f->close_after = u->close_after;
+    f->status = 0; f->interim = 0; f->framing_hint = F_UNTIL_CLOSE; f->framing = F_NONE; f->keep_alive = 0;
+    f->conn_close = 0; f->conn_keepalive = 0; f->head_bytes = 0; f->head_raw = 0; f->resp_started = 0;
+    f->head_written = 0; f->chunked_out = 0; f->client_gone = 0; f->read_paused = 0; f->error = E_NONE;
+    f->retried = 1;
+    f->state = U_AWAIT_HEAD;
+    f->requests++;
+    unlink_inflight(u);
+    u->state = U_CLOSED;
+    clear_call(u);
+    link_inflight(f);
+    PyObject *r = PyObject_CallMethodOneArg(f->transport, S_write, f->wire);
+    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(f->transport);
+    return Py_NewRef(f->client);
+}
+
+/* give_up(): the retry's connection could not be opened: 502 (the Python lane's ConnectError). */
+static PyObject *Upstream_give_up(UpstreamObject *u, PyObject *unused) {
+    if (u->state == U_RETRY && u->client) {
+        Py_INCREF(u);
+        fail_before_head(u, E_UNAVAILABLE);
+        Py_DECREF(u);
+    }
+    Py_RETURN_NONE;
 }
 
 static PyObject *Upstream_expired(UpstreamObject *u, PyObject *unused) {
@@ -723,6 +771,7 @@ static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
 static int Upstream_traverse(UpstreamObject *u, visitproc visit, void *arg) {
     Py_VISIT(u->pool); Py_VISIT(u->transport); Py_VISIT(u->parser); Py_VISIT(u->client);
     Py_VISIT(u->client_transport); Py_VISIT(u->endpoint); Py_VISIT(u->request); Py_VISIT(u->headers);
+    Py_VISIT(u->wire);
     Py_VISIT(u->out);
     return 0;
 }
@@ -742,7 +791,7 @@ static void Upstream_dealloc(UpstreamObject *u) {
 }
 
 static PyObject *Upstream_get_state(UpstreamObject *u, void *c) {
-    static const char *names[] = {"connecting", "idle", "await_head", "body", "done", "closed"};
+    static const char *names[] = {"connecting", "idle", "await_head", "body", "done", "closed", "retry"};
     return PyUnicode_FromString(names[u->state]);
 }
 
@@ -763,6 +812,8 @@ static PyMethodDef Upstream_methods[] = {
     {"close_after", (PyCFunction)Upstream_close_after, METH_NOARGS,
      "Graceful shutdown: answer with Connection: close if the head is not written yet; True if so."},
     {"expired", (PyCFunction)Upstream_expired, METH_NOARGS, "Idle past its idle limit."},
+    {"handover", (PyCFunction)Upstream_handover, METH_O, "Move a call waiting for a retry to this fresh connection."},
+    {"give_up", (PyCFunction)Upstream_give_up, METH_NOARGS, "The retry's connection failed: answer 502."},
     {"close", (PyCFunction)Upstream_close, METH_NOARGS, NULL},
     {NULL}
 };
@@ -770,6 +821,7 @@ static PyMethodDef Upstream_methods[] = {
 static PyMemberDef Upstream_members[] = {
     {"requests", T_INT, offsetof(UpstreamObject, requests), READONLY, NULL},
     {"status", T_INT, offsetof(UpstreamObject, status), READONLY, NULL},
+    {"pool", T_OBJECT, offsetof(UpstreamObject, pool), READONLY, NULL},
     {NULL}
 };
 
@@ -1060,8 +1112,9 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     u->requests++;
     link_inflight(u);
     served_total++;
+    u->wire = wire;
+    u->retried = 0;
     PyObject *r = PyObject_CallMethodOneArg(u->transport, S_write, wire);
-    Py_DECREF(wire);
     if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->transport);
     return (PyObject *)u;  /* the reference taken from the pool */
 
@@ -1073,23 +1126,23 @@ error:
     return NULL;
 }
 
-/* sweep(): calls still waiting for a response head past their endpoint deadline are answered 504 */
+/* sweep(): calls still waiting for a response head (or a retry's connection) past their endpoint deadline are
+ * answered 504.  The expired calls are collected first: answering one may end others (and unlink them). */
 static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
     double now = now_s();
-    UpstreamObject *u = inflight.next;
-    while (u != &inflight) {
-        UpstreamObject *next = u->next;
-        if (u->state == U_AWAIT_HEAD && now >= u->deadline) {
-            Py_INCREF(u);
-            Py_INCREF(next);
-            fail_before_head(u, E_TIMEOUT);
-            Py_DECREF(u);
-            /* ``next`` may have finished meanwhile (unlinked): restart from the head then */
-            if (!next->next && next != &inflight) { Py_DECREF(next); u = inflight.next; continue; }
-            Py_DECREF(next);
+    PyObject *expired = NULL;
+    for (UpstreamObject *u = inflight.next; u != &inflight; u = u->next) {
+        if ((u->state == U_AWAIT_HEAD || u->state == U_RETRY) && now >= u->deadline) {
+            if (!expired && !(expired = PyList_New(0))) return NULL;
+            if (PyList_Append(expired, (PyObject *)u) < 0) { Py_DECREF(expired); return NULL; }
         }
-        u = next;
     }
+    if (!expired) Py_RETURN_NONE;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(expired); i++) {
+        UpstreamObject *u = (UpstreamObject *)PyList_GET_ITEM(expired, i);
+        if ((u->state == U_AWAIT_HEAD || u->state == U_RETRY) && u->client) fail_before_head(u, E_TIMEOUT);
+    }
+    Py_DECREF(expired);
     Py_RETURN_NONE;
 }
 
@@ -1108,9 +1161,10 @@ static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
 }
 
 static PyObject *lane_configure(PyObject *mod, PyObject *args) {
-    PyObject *parser, *lines;
-    if (!PyArg_ParseTuple(args, "OO!", &parser, &PyDict_Type, &lines)) return NULL;
+    PyObject *parser, *lines, *retry;
+    if (!PyArg_ParseTuple(args, "OO!O", &parser, &PyDict_Type, &lines, &retry)) return NULL;
     Py_XSETREF(ResponseParser, Py_NewRef(parser));
+    Py_XSETREF(RetryHook, Py_NewRef(retry));
     Py_XSETREF(StatusLines, Py_NewRef(lines));
     Py_RETURN_NONE;
 }
@@ -1122,7 +1176,7 @@ static PyMethodDef lane_methods[] = {
     {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
     {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
-    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE)"},
+    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry)"},
     {NULL}
 };
 
@@ -1137,7 +1191,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
     STR(S_pause_reading, "pause_reading"); STR(S_resume_reading, "resume_reading"); STR(S_feed_data, "feed_data");
     STR(S_get_status_code, "get_status_code"); STR(S_should_keep_alive, "should_keep_alive");
     STR(S_get_http_version, "get_http_version"); STR(S_native_done, "_native_done");
-    STR(S_native_fallback, "_native_fallback"); STR(S_get_write_buffer_size, "get_write_buffer_size");
+    STR(S_get_write_buffer_size, "get_write_buffer_size");
     STR(S_HTTP10, "1.0"); STR(S_GET, "GET"); STR(S_HEAD, "HEAD");
 #undef STR
     CHUNKED_END = PyBytes_FromString("0\r\n\r\n");

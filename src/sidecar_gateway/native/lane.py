@@ -21,7 +21,8 @@ import asyncio
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
@@ -30,9 +31,6 @@ from ..errors import BackendFailure, ErrorCode
 from ..observability.logs import log_event
 from ..observability.logs import thousandths as _thousandths
 from ..observability.metrics import native_requests_total
-
-if TYPE_CHECKING:
-    from ..gateway.runtime import Runtime
 
 try:
     from . import _lane
@@ -58,8 +56,35 @@ _connecting: set[asyncio.Task[None]] = set()  # warm-up tasks (a reference each,
 _sweeper: asyncio.TimerHandle | None = None
 _ticks = 0
 
+
+
+def _retry(upstream: Any) -> None:
+    """``_lane.c``: a pooled connection broke before any response byte; open a fresh one for the call (once, same
+    message id, within the call's deadline: fastpool.py's stale-connection rule)."""
+    loop = asyncio.get_running_loop()
+    task = loop.create_task(_reconnect(upstream))
+    _connecting.add(task)
+    task.add_done_callback(_connecting.discard)
+
+
+async def _reconnect(upstream: Any) -> None:
+    pool = upstream.pool
+    host, port = pool.origin
+    loop = asyncio.get_running_loop()
+    try:
+        _, fresh = await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port),
+                                          CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
+        upstream.give_up()
+        return
+    client = upstream.handover(fresh)
+    if client is not None:
+        client._native = fresh
+
+
 if _lane is not None:
-    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE))
+    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry)
     serve = _lane.serve
     Upstream: Any = _lane.Upstream
 else:
@@ -92,7 +117,7 @@ def _reply_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -
     return STATUS_LINE[status] + lines + b"content-length: %d\r\n\r\n" % len(body) + body
 
 
-def _eligible(runtime: Runtime, endpoint: Any) -> bool:
+def _eligible(runtime: Any, endpoint: Any) -> bool:
     epr = runtime.endpoints[endpoint.endpoint_id]
     target = endpoint.target
     return (epr.sidecar is None and endpoint.pre is None and endpoint.post is None and not endpoint.key_required
@@ -100,13 +125,12 @@ def _eligible(runtime: Runtime, endpoint: Any) -> bool:
             and not target.query)
 
 
-def build_routes(runtime: Runtime) -> dict[bytes, tuple[Any, ...] | None] | None:
+def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, tuple[Any, ...] | None] | None:
     """The native routing table for ``runtime``: public path → endpoint tuple (read by ``_lane.c``), or None
-    for a path the lane must leave to the Python lane.  None when the lane is off for this configuration."""
+    for a path the lane must leave to the Python lane.  None when the lane is off for this configuration.
+    ``render_error`` is the gateway's (responses.py): the lane's 502 and 504 are rendered once, here."""
     if not enabled() or runtime.plan.trusted_proxies:
         return None
-    from ..gateway.responses import render_error  # gateway imports this module: no import at load
-
     routes: dict[bytes, tuple[Any, ...] | None] = {}
     for path, (group, host_bound) in runtime.router._by_path.items():
         key = path.encode("latin-1")
