@@ -36,7 +36,7 @@ from ..transports.deadline import Deadline
 from ..transports.pool import ConnectError, HttpResponse, ReadError
 from .headers import MESSAGE_ID, client_address, forward_request_headers, strip_hop_by_hop
 from .keys import authenticate, find_key, mask_key
-from .protocol import CLIENT_DISCONNECTED, DISCONNECT_EXTENSION, direct_respond
+from .protocol import CLIENT_DISCONNECTED, DISCONNECT_EXTENSION, MESSAGE_ID_EXTENSION, direct_respond
 from .proxy import BodyTooLarge, ClientDisconnected, backend_path, read_body, stream_body
 from .responses import Reply, render_error, render_termination_message
 from .routing import MethodNotAllowed
@@ -227,7 +227,8 @@ class GatewayApp:
         endpoint = match.endpoint
         epr: EndpointRuntime = rt.endpoints[endpoint.endpoint_id]
         responder.epr = epr
-        message_id = new_message_id()
+        extensions = scope.get("extensions")
+        message_id = (extensions.get(MESSAGE_ID_EXTENSION) if extensions else None) or new_message_id()
         record["message_id"] = message_id
         record["service_id"] = endpoint.service_id
         record["endpoint_id"] = endpoint.endpoint_id
@@ -263,7 +264,6 @@ class GatewayApp:
             call = CallContext(message_id, endpoint, request, package_key)
         deadline = time.monotonic() + endpoint.timeout_s
         watcher = None
-        extensions = scope.get("extensions")
         if not extensions or DISCONNECT_EXTENSION not in extensions:
             watcher = _DisconnectWatcher(receive, record, responder)  # a server that does not cancel for us
         try:

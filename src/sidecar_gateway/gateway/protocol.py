@@ -90,6 +90,7 @@ from uvicorn.server import ServerState
 from ..native import lane as native_lane
 from ..native.lane import Upstream as NativeUpstream
 from ..native.lane import serve as native_serve
+from ..transports.http import inject
 
 __all__ = [
     "CLIENT_DISCONNECTED",
@@ -101,6 +102,7 @@ __all__ = [
     "MAX_HEADER_FIELDS",
     "MAX_HEAD_BYTES",
     "MAX_URL_BYTES",
+    "MESSAGE_ID_EXTENSION",
     "LimitedHttpToolsProtocol",
     "direct_respond",
 ]
@@ -144,7 +146,10 @@ CLIENT_DISCONNECTED = "client disconnected"
 DISCONNECT_EXTENSION = "sidecar_gateway.cancel_on_disconnect"
 """Scope extension present when the server cancels the ASGI task on a client disconnect (see above)."""
 
-_EXTENSIONS: dict[str, dict[str, Any]] = {DISCONNECT_EXTENSION: {}}  # shared by every scope: never mutated
+MESSAGE_ID_EXTENSION = "sidecar_gateway.message_id"
+"""Scope extension carrying the message id of a call the native lane handed over (its function already saw it)."""
+
+_EXTENSIONS: dict[str, Any] = {DISCONNECT_EXTENSION: {}}  # shared by every scope: never mutated
 _ASGI = {"version": "3.0", "spec_version": "2.3"}  # shared by every scope: never mutated
 
 _CONTENT_TYPE = b"content-type: text/plain; charset=utf-8\r\n"
@@ -473,6 +478,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._native_close = False
         self._peer = b""
         self._scheme_b = b"http"
+        self._next_message_id: str | None = None  # a handed-over call keeps the id its function saw
 
     # -- connection ----------------------------------------------------------------------------------------
 
@@ -611,12 +617,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         return pending
 
     def _native_done(self, endpoint: tuple[Any, ...], method: str, path: str, message_id: str, status: int,
-                     elapsed: float, upstream_elapsed: float | None, error: int) -> None:
+                     elapsed: float, upstream_elapsed: float | None, error: int,
+                     function_elapsed: float | None) -> None:
         """A native call ended (``_lane.c`` ``finish``): its metrics and access record, then the connection goes
         on as after any response (``on_response_complete``)."""
         pending = self._native_end()
         native_lane.record(self._gateway, endpoint, method, path, message_id, status, elapsed, upstream_elapsed,
-                           error)
+                           error, function_elapsed)
         self.server_state.total_requests += 1
         transport = self.transport
         if self._native_close or error == native_lane.E_INVALID:
@@ -630,6 +637,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         deadline = self._keepalive_deadline = self.loop.time() + self.timeout_keep_alive
         if self._keepalive_timer is None:
             self._keepalive_timer = self.loop.call_at(deadline, self._on_keepalive_timer)
+
+    def _native_handover(self, request: bytes, message_id: str, result: tuple[Any, ...]) -> None:
+        """The native lane called the pre-processor, but the answer is not a plain allow (or the call failed, or no
+        backend connection was pooled): the Python lane serves the request with that answer (``http.inject``) and
+        the same message id — the function is never called twice."""
+        pending = self._native_end()
+        inject(message_id, result)
+        self._next_message_id = message_id
+        if not self.transport.is_closing():
+            self._feed(request + pending)
 
     def resume_writing(self) -> None:
         super().resume_writing()
@@ -690,6 +707,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             "client": self.client, "scheme": self.scheme, "root_path": self.root_path, "headers": self.headers,
             "state": self.app_state.copy(), "method": method, "extensions": _EXTENSIONS,
         }
+        if self._next_message_id is not None:
+            scope["extensions"] = {**_EXTENSIONS, MESSAGE_ID_EXTENSION: self._next_message_id}
+            self._next_message_id = None
         self.scope = scope  # type: ignore[assignment]
         if parser.should_upgrade() and self._should_upgrade():
             return

@@ -30,7 +30,9 @@
 
 static PyObject *ResponseParser;   /* httptools.HttpResponseParser */
 static PyObject *RetryHook;        /* lane._retry(upstream): open a fresh connection for a call (lane.py) */
+static PyObject *WarmHook;         /* lane.warm(pool): open a connection for the next calls (lane.py) */
 static PyObject *StatusLines;      /* dict int -> bytes (uvicorn STATUS_LINE) */
+static PyObject *S_native_handover, *S_timeout, *S_failure;
 static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
     *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done,
     *S_get_write_buffer_size, *S_HTTP10, *S_GET, *S_HEAD;
@@ -182,6 +184,8 @@ static PyTypeObject PoolType;
 enum { U_CONNECTING, U_IDLE, U_AWAIT_HEAD, U_BODY, U_DONE, U_CLOSED, U_RETRY };
 enum { F_NONE, F_LENGTH, F_CHUNKED, F_UNTIL_CLOSE };
 enum { E_NONE, E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID };
+enum { R_BACKEND, R_FUNCTION };
+#define READ_CAP (6 * 1024 * 1024 + 1)  /* transports/http.py READ_CAP: a longer answer is cut there */
 
 struct UpstreamObject {
     PyObject_HEAD
@@ -207,6 +211,12 @@ struct UpstreamObject {
     int head_bytes, head_raw, resp_started, head_written, chunked_out, client_gone, read_paused, close_after;
     int error;                   /* E_*: why the call ended early */
     int retried;                 /* the call already moved to a fresh connection once */
+    int role;                    /* R_BACKEND: the backend exchange; R_FUNCTION: the pre-processor's call */
+    int function_error;          /* the function's answer carries X-Amz-Function-Error */
+    double t_up;                 /* when the backend request was written (upstream_ms) */
+    double f_elapsed;            /* the pre-processor's call (invocation duration), -1 when none */
+    PyObject *body;              /* R_FUNCTION: the answer's body pieces */
+    Py_ssize_t body_size;
     UpstreamObject *prev, *next; /* calls in flight (sweep) */
 };
 
@@ -229,7 +239,8 @@ static void call_method0(PyObject *obj, PyObject *name) {
 static void client_write(UpstreamObject *u, PyObject *data) {
     if (u->client_gone || !u->client_transport) return;
     PyObject *r = PyObject_CallMethodOneArg(u->client_transport, S_write, data);
-    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->client_transport);
+    if (r) Py_DECREF(r);
+    else { PyErr_Clear(); u->client_gone = 1; }  /* closed under us: connection_lost follows (client_lost) */
 }
 
 static void pool_remove(UpstreamObject *u) {
@@ -250,7 +261,7 @@ static void upstream_close(UpstreamObject *u) {
 
 static void clear_call(UpstreamObject *u) {
     Py_CLEAR(u->client); Py_CLEAR(u->client_transport); Py_CLEAR(u->endpoint); Py_CLEAR(u->request);
-    Py_CLEAR(u->wire);
+    Py_CLEAR(u->wire); Py_CLEAR(u->body);
     Py_CLEAR(u->method); Py_CLEAR(u->path); Py_CLEAR(u->mid); Py_CLEAR(u->headers); Py_CLEAR(u->out);
     Py_CLEAR(u->parser);
 }
@@ -267,18 +278,19 @@ static void finish(UpstreamObject *u, int reusable) {
         else if (u->error == E_TIMEOUT) status = 504;
         else if (u->error == E_DISCONNECTED) status = 499;
         PyObject *up = (u->up_elapsed >= 0) ? PyFloat_FromDouble(u->up_elapsed) : Py_NewRef(Py_None);
-        PyObject *args[] = {client, u->endpoint, u->method, u->path, u->mid, NULL, NULL, up, NULL};
+        PyObject *fe = (u->f_elapsed >= 0) ? PyFloat_FromDouble(u->f_elapsed) : Py_NewRef(Py_None);
+        PyObject *args[] = {client, u->endpoint, u->method, u->path, u->mid, NULL, NULL, up, NULL, fe};
         args[5] = PyLong_FromLong(status);
         args[6] = PyFloat_FromDouble(elapsed);
         args[8] = PyLong_FromLong(u->error);
         Py_INCREF(client);
-        if (args[5] && args[6] && args[7] && args[8]) {
-            PyObject *r = PyObject_VectorcallMethod(S_native_done, args, 9 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (args[5] && args[6] && args[7] && args[8] && fe) {
+            PyObject *r = PyObject_VectorcallMethod(S_native_done, args, 10 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
             if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
         } else {
             PyErr_WriteUnraisable(client);
         }
-        Py_XDECREF(args[5]); Py_XDECREF(args[6]); Py_XDECREF(up); Py_XDECREF(args[8]);
+        Py_XDECREF(args[5]); Py_XDECREF(args[6]); Py_XDECREF(up); Py_XDECREF(args[8]); Py_XDECREF(fe);
         Py_DECREF(client);
     }
     clear_call(u);
@@ -309,6 +321,149 @@ static void fail_before_head(UpstreamObject *u, int error) {
     }
     upstream_close(u);
     finish(u, 0);
+}
+
+/* A connection whose call has moved elsewhere (or ended): back to the pool when its exchange ended cleanly. */
+static void release(UpstreamObject *u, int reusable) {
+    clear_call(u);
+    if (reusable && u->state == U_DONE && u->transport && u->pool) {
+        u->state = U_IDLE;
+        u->idle_since = now_s();
+        if (PyList_Append(u->pool->idle, (PyObject *)u) == 0) return;
+        PyErr_Clear();
+    }
+    upstream_close(u);
+}
+
+/* The most recently used idle connection of ``pool`` that is still worth a request (new reference), or NULL. */
+static UpstreamObject *pool_take(PoolObject *pool, double now) {
+    while (PyList_GET_SIZE(pool->idle)) {
+        Py_ssize_t last = PyList_GET_SIZE(pool->idle) - 1;
+        UpstreamObject *c = (UpstreamObject *)Py_NewRef(PyList_GET_ITEM(pool->idle, last));
+        PyList_SetSlice(pool->idle, last, last + 1, NULL);
+        if (c->state == U_IDLE && now - c->idle_since < c->idle_limit && c->transport) return c;
+        upstream_close(c);
+        Py_DECREF(c);
+    }
+    return NULL;
+}
+
+static void reset_exchange(UpstreamObject *u) {
+    u->status = 0; u->interim = 0; u->framing_hint = F_UNTIL_CLOSE; u->framing = F_NONE; u->keep_alive = 0;
+    u->conn_close = 0; u->conn_keepalive = 0; u->head_bytes = 0; u->head_raw = 0; u->resp_started = 0;
+    u->head_written = 0; u->chunked_out = 0; u->client_gone = 0; u->read_paused = 0; u->error = E_NONE;
+    u->function_error = 0; u->body_size = 0; u->up_elapsed = -1;
+}
+
+/* Write ``data`` as a new exchange on ``u`` (idle, or just taken from its pool). */
+static int start_exchange(UpstreamObject *u, PyObject *data, int role) {
+    PyObject *parser = PyObject_CallOneArg(ResponseParser, (PyObject *)u);
+    PyObject *headers = parser ? PyList_New(0) : NULL;
+    if (!headers) { Py_XDECREF(parser); return -1; }
+    Py_XSETREF(u->parser, parser);
+    Py_XSETREF(u->headers, headers);
+    Py_CLEAR(u->body);
+    Py_CLEAR(u->out);
+    reset_exchange(u);
+    u->role = role;
+    u->state = U_AWAIT_HEAD;
+    u->requests++;
+    link_inflight(u);
+    PyObject *r = PyObject_CallMethodOneArg(u->transport, S_write, data);
+    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->transport);
+    return 0;
+}
+
+/* The pre-processor's call is decided in Python (anything but a plain allow, a failure, a timeout, or no pooled
+ * backend connection): the client protocol replays the request through the Python lane with this result. */
+static void handover_python(UpstreamObject *u, PyObject *result, int reusable) {
+    unlink_inflight(u);
+    PyObject *client = u->client ? Py_NewRef(u->client) : NULL;
+    PyObject *request = u->request ? Py_NewRef(u->request) : NULL;
+    PyObject *mid = u->mid ? Py_NewRef(u->mid) : NULL;
+    int gone = u->client_gone;
+    release(u, reusable);
+    if (client && request && mid && result && !gone) {
+        PyObject *args[] = {client, request, mid, result};
+        PyObject *r = PyObject_VectorcallMethod(S_native_handover, args, 4 | PY_VECTORCALL_ARGUMENTS_OFFSET, NULL);
+        if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
+    } else if (!result) {
+        PyErr_WriteUnraisable(client ? client : Py_None);
+    }
+    Py_XDECREF(client); Py_XDECREF(request); Py_XDECREF(mid);
+}
+
+static void function_failed(UpstreamObject *u, PyObject *kind, const char *detail) {
+    upstream_close(u);
+    PyObject *result = Py_BuildValue("(Os)", kind, detail);
+    handover_python(u, result, 0);
+    Py_XDECREF(result);
+}
+
+static int empty_or_braces(const char *s, Py_ssize_t n) {
+    Py_ssize_t a = 0, b = n;
+    while (a < b && (s[a] == ' ' || s[a] == '\t' || s[a] == '\r' || s[a] == '\n')) a++;
+    while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t' || s[b - 1] == '\r' || s[b - 1] == '\n')) b--;
+    return a == b || (b - a == 2 && s[a] == '{' && s[a + 1] == '}');
+}
+
+enum { EP_FUNC_POOL, EP_FUNC_TEMPLATE, EP_FUNC_OFF1, EP_FUNC_OFF2, EP_FUNC_DEADLINE, EP_FUNC_PROCESSOR,
+       EP_FUNC_NAMES, EP_FUNC_FILLED, EP_FUNC_PREFIX, EP_FUNC_SIZE };
+
+/* The pre-processor answered (http stack, §8.1): a plain allow (204, or 200 whose body is empty or ``{}``, no
+ * X-Amz-Function-Error) goes on to the backend here; anything else is the Python lane's to decide. */
+static void function_done(UpstreamObject *u) {
+    double now = now_s();
+    double f_elapsed = now - u->t0;
+    PyObject *body;
+    if (!u->body) body = PyBytes_FromStringAndSize("", 0);
+    else {
+        PyObject *empty = PyBytes_FromStringAndSize("", 0);
+        body = empty ? _PyBytes_Join(empty, u->body) : NULL;
+        Py_XDECREF(empty);
+    }
+    if (!body) { PyErr_WriteUnraisable((PyObject *)u); function_failed(u, S_failure, "native lane: out of memory"); return; }
+    int reusable = u->state == U_DONE && u->keep_alive && u->body_size < READ_CAP;
+    int allow = !u->function_error && (u->status == 204 ||
+                (u->status == 200 && empty_or_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))));
+    if (allow && u->client && !u->client_gone) {
+        PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, 5 /* EP_POOL */);
+        UpstreamObject *b = pool_take(bp, now);
+        if (b) {
+            unlink_inflight(u);
+#define MOVE(field) Py_XSETREF(b->field, u->field); u->field = NULL
+            MOVE(client); MOVE(client_transport); MOVE(endpoint); MOVE(request); MOVE(wire); MOVE(method);
+            MOVE(path); MOVE(mid);
+#undef MOVE
+            b->t0 = u->t0;
+            b->is_head = u->is_head;
+            b->retried = 0;
+            double endpoint_deadline = b->t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(b->endpoint, 8 /* EP_TIMEOUT */));
+            b->deadline = endpoint_deadline > now + 0.001 ? endpoint_deadline : now + 0.001;
+            int close_after = u->close_after;
+            release(u, reusable);
+            if (start_exchange(b, b->wire, R_BACKEND) < 0) {
+                PyErr_WriteUnraisable((PyObject *)b);
+                b->state = U_AWAIT_HEAD;
+                fail_before_head(b, E_UNAVAILABLE);
+            } else {
+                b->close_after = close_after;
+                b->f_elapsed = f_elapsed;
+                b->t_up = now_s();
+            }
+            Py_DECREF(b);
+            Py_DECREF(body);
+            return;
+        }
+        if (WarmHook) {  /* the Python lane takes this call; the next ones find a connection */
+            PyObject *r = PyObject_CallOneArg(WarmHook, (PyObject *)bp);
+            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(WarmHook);
+        }
+    }
+    PyObject *result = Py_BuildValue("(OiOOi)", Py_None, u->status, u->headers, body, u->function_error);
+    Py_DECREF(body);
+    handover_python(u, result, reusable);
+    Py_XDECREF(result);
 }
 
 /* -- response head -> client head (app._respond / protocol._encode_head of the Python lane) -- */
@@ -515,8 +670,17 @@ static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unuse
     }
     u->framing = framing;
     u->keep_alive = keep_alive;
-    u->up_elapsed = now_s() - u->t0;
     u->state = framing == F_NONE ? U_DONE : U_BODY;
+    if (u->role == R_FUNCTION) {
+        Py_ssize_t count = PyList_GET_SIZE(u->headers);
+        for (Py_ssize_t i = 0; i < count; i++) {
+            PyObject *k = PyTuple_GET_ITEM(PyList_GET_ITEM(u->headers, i), 0);
+            if (PyBytes_GET_SIZE(k) == 20 && memcmp(PyBytes_AS_STRING(k), "x-amz-function-error", 20) == 0)
+                u->function_error = 1;
+        }
+        Py_RETURN_NONE;
+    }
+    u->up_elapsed = now_s() - u->t_up;
     if (u->client_gone) Py_RETURN_NONE;
     PyObject *head = build_client_head(u);
     if (!head) {
@@ -533,6 +697,19 @@ static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unuse
 
 static PyObject *Upstream_on_body(UpstreamObject *u, PyObject *body) {
     if (u->state != U_BODY) { u->keep_alive = 0; Py_RETURN_NONE; }
+    if (u->role == R_FUNCTION) {
+        if (!PyBytes_Check(body) || u->body_size >= READ_CAP) Py_RETURN_NONE;
+        if (!u->body && !(u->body = PyList_New(0))) return NULL;
+        Py_ssize_t n = PyBytes_GET_SIZE(body);
+        PyObject *piece = (u->body_size + n > READ_CAP)
+            ? PyBytes_FromStringAndSize(PyBytes_AS_STRING(body), READ_CAP - u->body_size) : Py_NewRef(body);
+        if (!piece) return NULL;
+        u->body_size += PyBytes_GET_SIZE(piece);
+        int rc = PyList_Append(u->body, piece);
+        Py_DECREF(piece);
+        if (rc < 0) return NULL;
+        Py_RETURN_NONE;
+    }
     if (u->client_gone || !PyBytes_Check(body)) Py_RETURN_NONE;
     Py_ssize_t n = PyBytes_GET_SIZE(body);
     if (!n) Py_RETURN_NONE;
@@ -556,7 +733,7 @@ static PyObject *Upstream_on_message_complete(UpstreamObject *u, PyObject *unuse
     if (u->interim) { u->interim = 0; Py_RETURN_NONE; }
     if (u->state == U_BODY) {
         u->state = U_DONE;
-        if (u->chunked_out && !u->client_gone && out_append(u, CHUNKED_END) < 0) return NULL;
+        if (u->role == R_BACKEND && u->chunked_out && !u->client_gone && out_append(u, CHUNKED_END) < 0) return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -598,6 +775,22 @@ static PyObject *Upstream_data_received(UpstreamObject *u, PyObject *data) {
     u->resp_started = 1;
     Py_INCREF(u);
     PyObject *r = PyObject_CallMethodOneArg(u->parser, S_feed_data, data);
+    if (u->role == R_FUNCTION) {
+        if (!r) {
+            PyErr_Clear();
+            function_failed(u, S_failure, "malformed answer from the function");
+        } else {
+            Py_DECREF(r);
+            if (u->state == U_AWAIT_HEAD) {
+                u->head_raw += (int)PyBytes_GET_SIZE(data);
+                if (u->head_raw > MAX_RESP_HEAD) function_failed(u, S_failure, "answer head too large");
+            } else if (u->state == U_DONE || u->body_size >= READ_CAP) {
+                function_done(u);
+            }
+        }
+        Py_DECREF(u);
+        Py_RETURN_NONE;
+    }
     if (!r) {
         PyErr_Clear();
         if (u->error == E_INVALID) {
@@ -645,6 +838,19 @@ static PyObject *Upstream_connection_lost(UpstreamObject *u, PyObject *exc) {
     int state = u->state;
     Py_INCREF(u);
     if (u->pool && state != U_CONNECTING) u->pool->connections--;
+    if (u->role == R_FUNCTION && (state == U_AWAIT_HEAD || state == U_BODY)) {
+        if (state == U_BODY && u->framing == F_UNTIL_CLOSE && exc == Py_None) {
+            u->state = U_DONE;
+            u->keep_alive = 0;
+            function_done(u);
+        } else {
+            function_failed(u, S_failure, "the function's connection closed before its answer");
+        }
+        u->state = U_CLOSED;
+        Py_CLEAR(u->transport);
+        Py_DECREF(u);
+        Py_RETURN_NONE;
+    }
     if (state == U_AWAIT_HEAD) {
         if (!u->resp_started && !u->client_gone && u->client && !u->retried && RetryHook) {
             /* a pooled connection broke before any response byte (the stale keep-alive race): the request goes
@@ -723,7 +929,8 @@ static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
     MOVE(mid);
 #undef MOVE
     f->t0 = u->t0; f->deadline = u->deadline; f->up_elapsed = -1; f->is_head = u->is_head;
-    f->close_after = u->close_after;
+    f->close_after = u->close_after; f->f_elapsed = u->f_elapsed; f->t_up = now_s(); f->role = R_BACKEND;
+    f->function_error = 0; f->body_size = 0;
     f->status = 0; f->interim = 0; f->framing_hint = F_UNTIL_CLOSE; f->framing = F_NONE; f->keep_alive = 0;
     f->conn_close = 0; f->conn_keepalive = 0; f->head_bytes = 0; f->head_raw = 0; f->resp_started = 0;
     f->head_written = 0; f->chunked_out = 0; f->client_gone = 0; f->read_paused = 0; f->error = E_NONE;
@@ -771,7 +978,7 @@ static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
 static int Upstream_traverse(UpstreamObject *u, visitproc visit, void *arg) {
     Py_VISIT(u->pool); Py_VISIT(u->transport); Py_VISIT(u->parser); Py_VISIT(u->client);
     Py_VISIT(u->client_transport); Py_VISIT(u->endpoint); Py_VISIT(u->request); Py_VISIT(u->headers);
-    Py_VISIT(u->wire);
+    Py_VISIT(u->wire); Py_VISIT(u->body);
     Py_VISIT(u->out);
     return 0;
 }
@@ -897,7 +1104,7 @@ static PyTypeObject PoolType = {
 /* ------------------------------------------------------------------------------------------- serve() */
 
 enum { EP_EPR, EP_BASE, EP_HOST, EP_KEY_IN_HEADER, EP_KEY_NAMES, EP_POOL, EP_SERVICE, EP_ENDPOINT, EP_TIMEOUT,
-       EP_502, EP_504, EP_SIZE };
+       EP_502, EP_504, EP_FUNC, EP_SIZE };
 
 static int key_name(PyObject *names, const char *s, Py_ssize_t n) {
     Py_ssize_t count = PyTuple_GET_SIZE(names);
@@ -973,6 +1180,16 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
         }
     }
 
+    /* the pre-processor (http stack, static input): its call goes first */
+    PyObject *func = PyTuple_GET_ITEM(endpoint, EP_FUNC);
+    PyObject *func_names = NULL;
+    if (func != Py_None) {
+        if (!PyTuple_Check(func) || PyTuple_GET_SIZE(func) != EP_FUNC_SIZE) Py_RETURN_NONE;
+        func_names = PyTuple_GET_ITEM(func, EP_FUNC_NAMES);
+        int cached = PySet_Contains(PyTuple_GET_ITEM(func, EP_FUNC_FILLED), PyTuple_GET_ITEM(func, EP_FUNC_PREFIX));
+        if (cached != 0) { if (cached < 0) return NULL; Py_RETURN_NONE; }  /* the output cache may answer */
+    }
+
     /* headers: strict and plain only; hygiene as headers.forward_request_headers */
     Buf kept; buf_init(&kept);
     const char *host = NULL;
@@ -1027,28 +1244,21 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
             case 20: drop = memcmp(lname, "x-mashery-message-id", 20) == 0; break;
             }
             if (key_in_header && key_name(key_names, lname, nl)) goto not_taken;
+            if (func_names && key_name(func_names, lname, nl)) goto not_taken;  /* a header the input would carry */
             if (drop) continue;
             if (buf_put(&kept, lname, nl) < 0) goto error;
         } else {
             for (Py_ssize_t i = 0; i < nl; i++) { char c = (char)lower((unsigned char)name[i]); if (buf_put(&kept, &c, 1) < 0) goto error; }
-            if (key_in_header) goto not_taken;  /* names this long are never key headers we compare cheaply */
+            if (key_in_header || func_names) goto not_taken;  /* long names: never compared, never taken */
         }
         if (buf_put(&kept, ": ", 2) < 0 || buf_put(&kept, value, vl) < 0 || buf_put(&kept, "\r\n", 2) < 0) goto error;
     }
     if (p + 2 != end || host_count != 1 || !host_ok(host, host_len)) goto not_taken;
 
     /* a pooled connection, most recently used first; expired ones are closed */
-    PoolObject *pool = (PoolObject *)PyTuple_GET_ITEM(endpoint, EP_POOL);
+    PoolObject *pool = (PoolObject *)PyTuple_GET_ITEM(func_names ? func : endpoint, func_names ? EP_FUNC_POOL : EP_POOL);
     if (Py_TYPE(pool) != &PoolType) goto not_taken;
-    UpstreamObject *u = NULL;
-    while (PyList_GET_SIZE(pool->idle)) {
-        Py_ssize_t last = PyList_GET_SIZE(pool->idle) - 1;
-        UpstreamObject *c = (UpstreamObject *)Py_NewRef(PyList_GET_ITEM(pool->idle, last));
-        PyList_SetSlice(pool->idle, last, last + 1, NULL);
-        if (c->state == U_IDLE && t0 - c->idle_since < c->idle_limit && c->transport) { u = c; break; }
-        upstream_close(c);
-        Py_DECREF(c);
-    }
+    UpstreamObject *u = pool_take(pool, t0);
     if (!u) { buf_free(&kept); return Py_NewRef((PyObject *)pool); }
 
     /* the backend request (proxy.backend_path + http11.encode_request_head) */
@@ -1080,20 +1290,30 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (!ok) { buf_free(&req); Py_DECREF(u); return NULL; }
     PyObject *wire = PyBytes_FromStringAndSize(req.p, req.n);
     buf_free(&req);
-    PyObject *parser = wire ? PyObject_CallOneArg(ResponseParser, (PyObject *)u) : NULL;
-    PyObject *headers = parser ? PyList_New(0) : NULL;
-    PyObject *mid_s = headers ? PyUnicode_FromStringAndSize(mid, 36) : NULL;
+    PyObject *first = NULL;  /* what is written now: the backend request, or the function call */
+    if (wire && func_names) {
+        PyObject *tpl = PyTuple_GET_ITEM(func, EP_FUNC_TEMPLATE);
+        Py_ssize_t o1 = PyLong_AsSsize_t(PyTuple_GET_ITEM(func, EP_FUNC_OFF1));
+        Py_ssize_t o2 = PyLong_AsSsize_t(PyTuple_GET_ITEM(func, EP_FUNC_OFF2));
+        Py_ssize_t tl = PyBytes_GET_SIZE(tpl);
+        if (o1 < 0 || o2 < 0 || o1 + 36 > tl || o2 + 36 > tl) {
+            PyErr_SetString(PyExc_ValueError, "bad function template");
+        } else if ((first = PyBytes_FromStringAndSize(PyBytes_AS_STRING(tpl), tl))) {
+            memcpy(PyBytes_AS_STRING(first) + o1, mid, 36);
+            memcpy(PyBytes_AS_STRING(first) + o2, mid, 36);
+        }
+    } else if (wire) {
+        first = Py_NewRef(wire);
+    }
+    PyObject *mid_s = first ? PyUnicode_FromStringAndSize(mid, 36) : NULL;
     PyObject *path_s = mid_s ? PyUnicode_DecodeLatin1(target, path_len, NULL) : NULL;
     if (!path_s) {
-        Py_XDECREF(wire); Py_XDECREF(parser); Py_XDECREF(headers); Py_XDECREF(mid_s);
-        /* the connection is still good: back to the pool */
-        PyList_Append(pool->idle, (PyObject *)u);
+        Py_XDECREF(wire); Py_XDECREF(first); Py_XDECREF(mid_s);
+        PyList_Append(pool->idle, (PyObject *)u);  /* the connection is still good: back to the pool */
         Py_DECREF(u);
         return NULL;
     }
     clear_call(u);
-    u->parser = parser;
-    u->headers = headers;
     u->mid = mid_s;
     u->path = path_s;
     u->method = Py_NewRef(is_head ? S_HEAD : S_GET);
@@ -1101,21 +1321,27 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     u->client_transport = Py_NewRef(ctransport);
     u->endpoint = Py_NewRef(endpoint);
     u->request = Py_NewRef(data);
-    u->t0 = t0;
-    u->deadline = t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(endpoint, EP_TIMEOUT));
-    u->up_elapsed = -1;
-    u->status = 0; u->is_head = is_head; u->interim = 0; u->framing_hint = F_UNTIL_CLOSE; u->framing = F_NONE;
-    u->keep_alive = 0; u->conn_close = 0; u->conn_keepalive = 0; u->head_bytes = 0; u->head_raw = 0;
-    u->resp_started = 0; u->head_written = 0; u->chunked_out = 0; u->client_gone = 0; u->read_paused = 0;
-    u->close_after = 0; u->error = E_NONE;
-    u->state = U_AWAIT_HEAD;
-    u->requests++;
-    link_inflight(u);
-    served_total++;
     u->wire = wire;
+    u->t0 = t0;
+    u->t_up = t0;
+    u->f_elapsed = -1;
+    u->deadline = t0 + PyFloat_AsDouble(func_names ? PyTuple_GET_ITEM(func, EP_FUNC_DEADLINE)
+                                                    : PyTuple_GET_ITEM(endpoint, EP_TIMEOUT));
+    u->is_head = is_head;
+    u->close_after = 0;
     u->retried = 0;
-    PyObject *r = PyObject_CallMethodOneArg(u->transport, S_write, wire);
-    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->transport);
+    served_total++;
+    int rc = start_exchange(u, first, func_names ? R_FUNCTION : R_BACKEND);
+    Py_DECREF(first);
+    if (rc < 0) {
+        PyObject *t, *v, *tb;
+        PyErr_Fetch(&t, &v, &tb);
+        clear_call(u);
+        PyList_Append(pool->idle, (PyObject *)u);
+        Py_DECREF(u);
+        PyErr_Restore(t, v, tb);
+        return NULL;
+    }
     return (PyObject *)u;  /* the reference taken from the pool */
 
 not_taken:
@@ -1132,7 +1358,8 @@ static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
     double now = now_s();
     PyObject *expired = NULL;
     for (UpstreamObject *u = inflight.next; u != &inflight; u = u->next) {
-        if ((u->state == U_AWAIT_HEAD || u->state == U_RETRY) && now >= u->deadline) {
+        if ((u->state == U_AWAIT_HEAD || u->state == U_RETRY || (u->role == R_FUNCTION && u->state == U_BODY))
+            && now >= u->deadline) {
             if (!expired && !(expired = PyList_New(0))) return NULL;
             if (PyList_Append(expired, (PyObject *)u) < 0) { Py_DECREF(expired); return NULL; }
         }
@@ -1140,7 +1367,11 @@ static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
     if (!expired) Py_RETURN_NONE;
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(expired); i++) {
         UpstreamObject *u = (UpstreamObject *)PyList_GET_ITEM(expired, i);
-        if ((u->state == U_AWAIT_HEAD || u->state == U_RETRY) && u->client) fail_before_head(u, E_TIMEOUT);
+        if (!u->client) continue;
+        if (u->role == R_FUNCTION && (u->state == U_AWAIT_HEAD || u->state == U_BODY))
+            function_failed(u, S_timeout, "");  /* the processor's deadline: the Python lane applies §5.3/failSafe */
+        else if (u->role == R_BACKEND && (u->state == U_AWAIT_HEAD || u->state == U_RETRY))
+            fail_before_head(u, E_TIMEOUT);
     }
     Py_DECREF(expired);
     Py_RETURN_NONE;
@@ -1161,10 +1392,11 @@ static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
 }
 
 static PyObject *lane_configure(PyObject *mod, PyObject *args) {
-    PyObject *parser, *lines, *retry;
-    if (!PyArg_ParseTuple(args, "OO!O", &parser, &PyDict_Type, &lines, &retry)) return NULL;
+    PyObject *parser, *lines, *retry, *warm;
+    if (!PyArg_ParseTuple(args, "OO!OO", &parser, &PyDict_Type, &lines, &retry, &warm)) return NULL;
     Py_XSETREF(ResponseParser, Py_NewRef(parser));
     Py_XSETREF(RetryHook, Py_NewRef(retry));
+    Py_XSETREF(WarmHook, Py_NewRef(warm));
     Py_XSETREF(StatusLines, Py_NewRef(lines));
     Py_RETURN_NONE;
 }
@@ -1176,7 +1408,7 @@ static PyMethodDef lane_methods[] = {
     {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
     {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
-    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry)"},
+    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm)"},
     {NULL}
 };
 
@@ -1191,7 +1423,8 @@ PyMODINIT_FUNC PyInit__lane(void) {
     STR(S_pause_reading, "pause_reading"); STR(S_resume_reading, "resume_reading"); STR(S_feed_data, "feed_data");
     STR(S_get_status_code, "get_status_code"); STR(S_should_keep_alive, "should_keep_alive");
     STR(S_get_http_version, "get_http_version"); STR(S_native_done, "_native_done");
-    STR(S_get_write_buffer_size, "get_write_buffer_size");
+    STR(S_get_write_buffer_size, "get_write_buffer_size"); STR(S_native_handover, "_native_handover");
+    STR(S_timeout, "timeout"); STR(S_failure, "failure");
     STR(S_HTTP10, "1.0"); STR(S_GET, "GET"); STR(S_HEAD, "HEAD");
 #undef STR
     CHUNKED_END = PyBytes_FromString("0\r\n\r\n");

@@ -83,13 +83,6 @@ async def _reconnect(upstream: Any) -> None:
         client._native = fresh
 
 
-if _lane is not None:
-    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry)
-    serve = _lane.serve
-    Upstream: Any = _lane.Upstream
-else:
-    serve = None
-    Upstream = type(None)
 
 _ERROR_NAMES = {
     E_UNAVAILABLE: BackendFailure(ErrorCode.BACKEND_UNAVAILABLE).error_name,
@@ -117,12 +110,39 @@ def _reply_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -
     return STATUS_LINE[status] + lines + b"content-length: %d\r\n\r\n" % len(body) + body
 
 
-def _eligible(runtime: Any, endpoint: Any) -> bool:
-    epr = runtime.endpoints[endpoint.endpoint_id]
+PLACEHOLDER = "ffffffff-ffff-4fff-bfff-ffffffffffff"  # where the message id goes in a function call's template
+
+
+def _eligible(endpoint: Any) -> bool:
     target = endpoint.target
-    return (epr.sidecar is None and endpoint.pre is None and endpoint.post is None and not endpoint.key_required
-            and endpoint.public_host is None and endpoint.methods is None and target.scheme == "http"
-            and not target.query)
+    return (endpoint.post is None and not endpoint.key_required and endpoint.public_host is None
+            and endpoint.methods is None and target.scheme == "http" and not target.query)
+
+
+def _pool(host: str, port: int) -> Any:
+    pool = _pools.get((host, port))
+    if pool is None:
+        pool = _pools[(host, port)] = _lane.Pool((host, port))
+    return pool
+
+
+def _function_entry(processor: Any, endpoint: Any) -> tuple[Any, ...] | None:
+    """The pre-processor's part of an endpoint tuple (``_lane.c`` EP_FUNC_*), or None: not for this lane."""
+    made = processor.native_call(endpoint, PLACEHOLDER)
+    if made is None:
+        return None
+    url, template, cache_prefix = made
+    first = template.find(PLACEHOLDER.encode())
+    second = template.find(PLACEHOLDER.encode(), first + 1)
+    if first < 0 or second < 0 or template.count(PLACEHOLDER.encode()) != 2:
+        return None  # the id must be in exactly the header and the input
+    host_port = url.split("://", 1)[1].split("/", 1)[0]
+    host, _, port = host_port.rpartition(":")
+    if not host or not port.isdigit() or host.startswith("["):
+        return None
+    plan = processor.plan
+    return (_pool(host, int(port)), template, first, second, float(plan.deadline_s), processor,
+            tuple(plan.request_headers), processor.output_cache_filled, cache_prefix)
 
 
 def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, tuple[Any, ...] | None] | None:
@@ -135,13 +155,15 @@ def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, 
     for path, (group, host_bound) in runtime.router._by_path.items():
         key = path.encode("latin-1")
         endpoint = group[0]
-        if len(group) != 1 or host_bound or not _eligible(runtime, endpoint):
+        epr = runtime.endpoints[endpoint.endpoint_id]
+        function = None
+        if epr.sidecar is not None and epr.sidecar.pre is not None and epr.sidecar.post is None:
+            function = _function_entry(epr.sidecar.pre, endpoint)
+        if len(group) != 1 or host_bound or not _eligible(endpoint) or (epr.sidecar is not None and function is None):
             routes[key] = None
             continue
         target = endpoint.target
-        pool = _pools.get((target.host, target.port))
-        if pool is None:
-            pool = _pools[(target.host, target.port)] = _lane.Pool((target.host, target.port))
+        pool = _pool(target.host, target.port)
         bad = render_error(BackendFailure(ErrorCode.BACKEND_UNAVAILABLE), endpoint)
         late = render_error(BackendFailure(ErrorCode.BACKEND_TIMEOUT), endpoint)
         location = endpoint.key_location
@@ -150,15 +172,18 @@ def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, 
             location.in_header, tuple(name.encode("latin-1") for name in location.names), pool,
             endpoint.service_id, endpoint.endpoint_id, float(endpoint.timeout_s),
             _reply_bytes(bad.status, bad.headers, bad.body), _reply_bytes(late.status, late.headers, late.body),
+            function,
         )
     return routes
 
 
 def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_id: str, status: int,
-           elapsed: float, upstream_elapsed: float | None, error: int) -> None:
+           elapsed: float, upstream_elapsed: float | None, error: int, function_elapsed: float | None) -> None:
     """A native call's metrics, log event and access record, as ``GatewayApp._http`` writes them."""
     epr = endpoint[0]
     epr.metrics.observe(status, elapsed)
+    if function_elapsed is not None:
+        endpoint[11][5].native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
     native_requests_total.inc()
     event = _EVENTS.get(error)
     if event is not None:
@@ -237,3 +262,12 @@ def close_pools() -> None:
     if _sweeper is not None:
         _sweeper.cancel()
         _sweeper = None
+
+
+if _lane is not None:
+    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, warm)
+    serve = _lane.serve
+    Upstream: Any = _lane.Upstream
+else:
+    serve = None
+    Upstream = type(None)

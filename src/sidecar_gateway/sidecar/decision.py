@@ -47,7 +47,7 @@ from ..observability.metrics import (
 from ..transports.base import InvocationType, ResultKind, Transport
 from ..transports.deadline import Deadline
 from .apply import apply_to_request, apply_to_response
-from .call import BackendRequest, BackendResponse, CallContext
+from .call import BackendRequest, BackendResponse, CallContext, ClientRequest
 from .conditions import check_conditions, check_payload_limits, in_scope
 from .input_builder import build_input, build_preflight_input, cache_key
 from .output_interpreter import function_failure, interpret_output
@@ -315,6 +315,41 @@ class Processor:
         self._verdict[verdict.kind].inc()
         log_event(logging.INFO, "shadow_verdict", message_id=job.message_id, service_id=plan.service_id,
                   endpoint_id=plan.endpoint_id, point=plan.point.value, **_describe(verdict))
+
+    # -- the native lane (native/lane.py) -------------------------------------------------------------------------
+
+    def native_call(self, endpoint: Any, placeholder: str) -> tuple[str, bytes, str] | None:
+        """What the native lane needs to make this processor's call itself, or None when it must not: the http
+        stack, request-response, no scope, conditions, pre-flight or shadow, and an input that depends on the
+        call only through the message id (no ``expand-input``; the selected request headers, when a call has
+        one, make the lane leave that call to the Python lane).  Returns (function URL, the whole HTTP request
+        with ``placeholder`` where the message id goes, the output-cache prefix the lane must find empty)."""
+        from ..transports.http import HttpTransport  # the stack's transport class, for the request head
+
+        plan = self.plan
+        if (not isinstance(self.transport, HttpTransport) or plan.mode is not _REQUEST_RESPONSE_MODE or plan.shadow
+                or plan.scope or plan.preflight or plan.require_request_headers or plan.require_eavs
+                or plan.require_key_eavs or plan.expand_request_payload or plan.expand_remote_address
+                or plan.expand_token or plan.expand_operation or plan.expand_routing or plan.point is _POST):
+            return None
+        request = ClientRequest("GET", "http", "", "/", "/", "", [], "")
+        payload = build_input(plan, CallContext(placeholder, endpoint, request, None), routing=None, response=None)
+        wire = self.transport.encoded_request(payload, placeholder)
+        if wire is None:
+            return None
+        return self.transport.url, wire, self._cache_prefixes[plan.point]
+
+    def native_allow(self, elapsed: float) -> None:
+        """The native lane made this processor's call and the answer was a plain allow: the metrics
+        ``_request_response`` and ``_apply`` would have counted."""
+        if self._use_cache:
+            self._count_lookup(self.plan.point, False)
+        self._duration.observe(elapsed)
+        self._verdict[VerdictKind.ALLOW].inc()
+
+    @property
+    def output_cache_filled(self) -> set[str]:
+        return self._cache.filled
 
     # -- steps --------------------------------------------------------------------------------------------------
 

@@ -26,13 +26,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from typing import Any
 
 from sidecar_gateway.config.plan import HttpConnection
 from sidecar_gateway.errors import ErrorCode, InvocationError
 from sidecar_gateway.transports.base import InvocationType, InvokeResult, ResultKind
+from sidecar_gateway.transports.http11 import encode_request_head, split_url
 from sidecar_gateway.transports.pool import ConnectError, HttpClient, HttpResponse, ReadError
 
-__all__ = ["HttpTransport"]
+__all__ = ["INJECTED", "HttpTransport", "inject"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +69,13 @@ _FIXED_HEADERS: tuple[tuple[bytes, bytes], ...] = (
 _RESERVED_NAMES = frozenset(
     name.lower() for name in (b"Content-Type", _INVOCATION_TYPE_HEADER, _MESSAGE_ID_HEADER)
 )
+
+
+INJECTED: dict[str, tuple[Any, ...]] = {}
+"""Answers the native lane already received for a call it hands to the Python lane (message id → its result:
+``(None, status, headers, body, has_function_error)``, ``("timeout", "")`` or ``("failure", detail)``).
+``invoke`` uses one instead of calling the function again (the function is called once per call)."""
+INJECTED_MAX = 4096  # bounded: an entry whose call never reaches ``invoke`` (e.g. an output-cache hit) ages out
 
 
 def _header(headers: list[tuple[bytes, bytes]], name: bytes) -> bytes | None:
@@ -138,9 +147,26 @@ class HttpTransport:
             for itype in InvocationType
         }
 
+    @property
+    def url(self) -> str:
+        return self._url
+
+    def encoded_request(self, payload: bytes, message_id: str) -> bytes | None:
+        """The whole request ``invoke`` writes for a request-response call over a plain-http URL (the native lane
+        writes the same bytes), or None for an https function."""
+        origin, target, host = split_url(self._url)
+        if origin.scheme != "http":
+            return None
+        headers = [*self._headers[InvocationType.REQUEST_RESPONSE], (_MESSAGE_ID_HEADER, message_id.encode("latin-1"))]
+        return encode_request_head("POST", target, headers, host, payload, False).data + payload
+
     async def invoke(self, payload: bytes, *, invocation_type: InvocationType, message_id: str,
                      deadline: float) -> InvokeResult:
         """POST the input and classify the answer (module docstring).  ``deadline`` is enforced by the caller."""
+        if INJECTED:
+            injected = INJECTED.pop(message_id, None)
+            if injected is not None:
+                return _injected(injected, invocation_type)
         headers = [*self._headers[invocation_type], (_MESSAGE_ID_HEADER, message_id.encode("latin-1"))]
         try:  # the pool's errors are the §5.3 connection-failure row (a plain ``try``: this is the hot path)
             resp = await self._client.request("POST", self._url, headers, payload)
@@ -180,3 +206,32 @@ class HttpTransport:
 
     def __repr__(self) -> str:
         return f"<HttpTransport url={self._url!r}>"
+
+
+def _injected(result: tuple[Any, ...], invocation_type: InvocationType) -> InvokeResult:
+    """``_classify`` of an answer the native lane received (``INJECTED``), with the same errors as ``invoke``."""
+    kind = result[0]
+    if kind == "timeout":
+        raise TimeoutError  # the caller's deadline handling (§5.3 timeout) sees what a late function causes
+    if kind == "failure":
+        raise InvocationError(ErrorCode.CONNECTION_FAILURE, result[1])
+    _, status, headers, body, has_function_error = result
+    if has_function_error:
+        value = _header(headers, _FUNCTION_ERROR_HEADER) or b""
+        return InvokeResult(ResultKind.FUNCTION_ERROR, body, value.decode("latin-1"))
+    if (invocation_type is InvocationType.EVENT and status in _EVENT_ACCEPTED_STATUSES) or status == _STATUS_ACCEPTED:
+        return InvokeResult.accepted()
+    if status == _STATUS_NO_CONTENT:
+        return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
+    if status == _STATUS_OK:
+        if not body.strip(_JSON_WHITESPACE):
+            return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
+        return InvokeResult(ResultKind.OUTPUT, body)
+    raise InvocationError(ErrorCode.UNEXPECTED_STATUS, f"status {status}")
+
+
+def inject(message_id: str, result: tuple[Any, ...]) -> None:
+    """Record the native lane's answer for ``message_id`` (``INJECTED``)."""
+    if len(INJECTED) >= INJECTED_MAX:
+        INJECTED.pop(next(iter(INJECTED)))
+    INJECTED[message_id] = result
