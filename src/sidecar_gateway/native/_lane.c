@@ -25,6 +25,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/random.h>
+#include <stdint.h>
 
 /* ------------------------------------------------------------------------------------------ module state */
 
@@ -83,6 +84,85 @@ static void message_id(char *out) {
         out[o++] = hex[b[i] >> 4];
         out[o++] = hex[b[i] & 15];
     }
+}
+
+
+/* ------------------------------------------------------------------------------ SHA-256, HMAC (SigV4) */
+
+typedef struct { uint32_t h[8]; uint64_t len; unsigned char buf[64]; size_t n; } Sha256;
+static const uint32_t K256[64] = {
+    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
+    0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786,
+    0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8,
+    0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13,
+    0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819,
+    0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a,
+    0x5b9cca4f, 0x682e6ff3, 0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+    0xc67178f2};
+#define ROR(x, n) (((x) >> (n)) | ((x) << (32 - (n))))
+static void sha256_block(Sha256 *c, const unsigned char *p) {
+    uint32_t w[64], a, b, d, e, f, g, h, cc, t1, t2;
+    for (int i = 0; i < 16; i++) w[i] = (uint32_t)p[4 * i] << 24 | (uint32_t)p[4 * i + 1] << 16 | (uint32_t)p[4 * i + 2] << 8 | p[4 * i + 3];
+    for (int i = 16; i < 64; i++) {
+        uint32_t s0 = ROR(w[i - 15], 7) ^ ROR(w[i - 15], 18) ^ (w[i - 15] >> 3);
+        uint32_t s1 = ROR(w[i - 2], 17) ^ ROR(w[i - 2], 19) ^ (w[i - 2] >> 10);
+        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
+    }
+    a = c->h[0]; b = c->h[1]; cc = c->h[2]; d = c->h[3]; e = c->h[4]; f = c->h[5]; g = c->h[6]; h = c->h[7];
+    for (int i = 0; i < 64; i++) {
+        t1 = h + (ROR(e, 6) ^ ROR(e, 11) ^ ROR(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
+        t2 = (ROR(a, 2) ^ ROR(a, 13) ^ ROR(a, 22)) + ((a & b) ^ (a & cc) ^ (b & cc));
+        h = g; g = f; f = e; e = d + t1; d = cc; cc = b; b = a; a = t1 + t2;
+    }
+    c->h[0] += a; c->h[1] += b; c->h[2] += cc; c->h[3] += d; c->h[4] += e; c->h[5] += f; c->h[6] += g; c->h[7] += h;
+}
+static void sha256_init(Sha256 *c) {
+    static const uint32_t iv[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c,
+                                   0x1f83d9ab, 0x5be0cd19};
+    memcpy(c->h, iv, sizeof iv); c->len = 0; c->n = 0;
+}
+static void sha256_update(Sha256 *c, const void *data, size_t len) {
+    const unsigned char *p = data;
+    c->len += len;
+    if (c->n) {
+        size_t take = 64 - c->n < len ? 64 - c->n : len;
+        memcpy(c->buf + c->n, p, take); c->n += take; p += take; len -= take;
+        if (c->n == 64) { sha256_block(c, c->buf); c->n = 0; }
+    }
+    while (len >= 64) { sha256_block(c, p); p += 64; len -= 64; }
+    if (len) { memcpy(c->buf, p, len); c->n = len; }
+}
+static void sha256_final(Sha256 *c, unsigned char out[32]) {
+    uint64_t bits = c->len * 8;
+    unsigned char pad = 0x80, zero = 0, lenb[8];
+    sha256_update(c, &pad, 1);
+    while (c->n != 56) sha256_update(c, &zero, 1);
+    for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_update(c, lenb, 8);
+    for (int i = 0; i < 8; i++) { out[4 * i] = c->h[i] >> 24; out[4 * i + 1] = c->h[i] >> 16; out[4 * i + 2] = c->h[i] >> 8; out[4 * i + 3] = c->h[i]; }
+}
+static void to_hex(const unsigned char *d, int n, char *out) {
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 0; i < n; i++) { out[2 * i] = hex[d[i] >> 4]; out[2 * i + 1] = hex[d[i] & 15]; }
+}
+/* HMAC-SHA256 with a 32-byte key (the SigV4 signing key) */
+static void hmac_sha256(const unsigned char key[32], const char *msg, size_t len, unsigned char out[32]) {
+    unsigned char ipad[64], opad[64], inner[32];
+    for (int i = 0; i < 64; i++) { unsigned char k = i < 32 ? key[i] : 0; ipad[i] = k ^ 0x36; opad[i] = k ^ 0x5c; }
+    Sha256 c;
+    sha256_init(&c); sha256_update(&c, ipad, 64); sha256_update(&c, msg, len); sha256_final(&c, inner);
+    sha256_init(&c); sha256_update(&c, opad, 64); sha256_update(&c, inner, 32); sha256_final(&c, out);
+}
+
+/* sha256_hex(data) -> str: the same digest as hashlib (tests) */
+static PyObject *lane_sha256_hex(PyObject *mod, PyObject *arg) {
+    Py_buffer view;
+    if (PyObject_GetBuffer(arg, &view, PyBUF_SIMPLE) < 0) return NULL;
+    Sha256 c; unsigned char d[32]; char hex[64];
+    sha256_init(&c); sha256_update(&c, view.buf, view.len); sha256_final(&c, d);
+    PyBuffer_Release(&view);
+    to_hex(d, 32, hex);
+    return PyUnicode_FromStringAndSize(hex, 64);
 }
 
 /* ------------------------------------------------------------------------------------------ byte classes */
@@ -407,8 +487,18 @@ static int empty_or_braces(const char *s, Py_ssize_t n) {
     return a == b || (b - a == 2 && s[a] == '{' && s[a + 1] == '}');
 }
 
-enum { EP_FUNC_POOL, EP_FUNC_TEMPLATE, EP_FUNC_OFF1, EP_FUNC_OFF2, EP_FUNC_DEADLINE, EP_FUNC_PROCESSOR,
-       EP_FUNC_NAMES, EP_FUNC_FILLED, EP_FUNC_PREFIX, EP_FUNC_SIZE };
+/* aws-lambda (§7.2): only an output of exactly ``{}`` (JSON whitespace around it) is a plain allow */
+static int braces(const char *s, Py_ssize_t n) {
+    Py_ssize_t a = 0, b = n;
+    while (a < b && (s[a] == ' ' || s[a] == '\t' || s[a] == '\r' || s[a] == '\n')) a++;
+    while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t' || s[b - 1] == '\r' || s[b - 1] == '\n')) b--;
+    return b - a == 2 && s[a] == '{' && s[a + 1] == '}';
+}
+
+enum { EP_FUNC_POOL, EP_FUNC_TEMPLATE, EP_FUNC_MIDS, EP_FUNC_DEADLINE, EP_FUNC_PROCESSOR, EP_FUNC_NAMES,
+       EP_FUNC_FILLED, EP_FUNC_PREFIX, EP_FUNC_LAMBDA, EP_FUNC_SIGNER, EP_FUNC_SIZE };
+/* aws-lambda: the signer cell [valid until (epoch s), state, refresh hook] and its state tuple */
+enum { SIGN_TEMPLATE, SIGN_MIDS, SIGN_DATE, SIGN_SIG, SIGN_BODY, SIGN_P1, SIGN_P2, SIGN_SCOPE, SIGN_KEY, SIGN_SIZE };
 
 /* The pre-processor answered (http stack, §8.1): a plain allow (204, or 200 whose body is empty or ``{}``, no
  * X-Amz-Function-Error) goes on to the backend here; anything else is the Python lane's to decide. */
@@ -424,8 +514,10 @@ static void function_done(UpstreamObject *u) {
     }
     if (!body) { PyErr_WriteUnraisable((PyObject *)u); function_failed(u, S_failure, "native lane: out of memory"); return; }
     int reusable = u->state == U_DONE && u->keep_alive && u->body_size < READ_CAP;
-    int allow = !u->function_error && (u->status == 204 ||
-                (u->status == 200 && empty_or_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body))));
+    int lambda = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, 11 /* EP_FUNC */), EP_FUNC_LAMBDA));
+    int allow = !u->function_error && (
+        lambda ? (u->status == 200 && PyBytes_GET_SIZE(body) > 0 && braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)))
+               : (u->status == 204 || (u->status == 200 && empty_or_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)))));
     if (allow && u->client && !u->client_gone) {
         PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, 5 /* EP_POOL */);
         UpstreamObject *b = pool_take(bp, now);
@@ -1115,6 +1207,89 @@ static int key_name(PyObject *names, const char *s, Py_ssize_t n) {
     return 0;
 }
 
+
+static int patch_mids(PyObject *wire, PyObject *mids, const char *mid) {
+    Py_ssize_t tl = PyBytes_GET_SIZE(wire);
+    for (Py_ssize_t i = 0; i < PyTuple_GET_SIZE(mids); i++) {
+        Py_ssize_t o = PyLong_AsSsize_t(PyTuple_GET_ITEM(mids, i));
+        if (o < 0 || o + 36 > tl) { PyErr_SetString(PyExc_ValueError, "bad function template"); return -1; }
+        memcpy(PyBytes_AS_STRING(wire) + o, mid, 36);
+    }
+    return 0;
+}
+
+/* The pre-processor's request for this call (new reference), Py_None when the lane cannot make it now (the
+ * aws-lambda signer has no usable credentials cached: the Python lane serves the call), NULL on error. */
+static PyObject *function_request(PyObject *func, const char *mid) {
+    PyObject *signer = PyTuple_GET_ITEM(func, EP_FUNC_SIGNER);
+    if (signer == Py_None) {
+        PyObject *wire = PyBytes_FromStringAndSize(PyBytes_AS_STRING(PyTuple_GET_ITEM(func, EP_FUNC_TEMPLATE)),
+                                                   PyBytes_GET_SIZE(PyTuple_GET_ITEM(func, EP_FUNC_TEMPLATE)));
+        if (wire && patch_mids(wire, PyTuple_GET_ITEM(func, EP_FUNC_MIDS), mid) < 0) Py_CLEAR(wire);
+        return wire;
+    }
+    /* SigV4 (transports/sigv4.py PreparedSigner.sign): the state holds everything but the date, the payload
+     * hash and the signature; it is rebuilt by Python when credentials or the UTC day change. */
+    time_t now = time(NULL);
+    double valid_until = PyFloat_AsDouble(PyList_GET_ITEM(signer, 0));
+    if ((double)now >= valid_until) {
+        PyObject *r = PyObject_CallOneArg(PyList_GET_ITEM(signer, 2), signer);
+        if (!r) return NULL;
+        int ok = PyObject_IsTrue(r);
+        Py_DECREF(r);
+        if (!ok) Py_RETURN_NONE;
+        valid_until = PyFloat_AsDouble(PyList_GET_ITEM(signer, 0));
+        if ((double)now >= valid_until) Py_RETURN_NONE;
+    }
+    PyObject *st = PyList_GET_ITEM(signer, 1);
+    if (!PyTuple_Check(st) || PyTuple_GET_SIZE(st) != SIGN_SIZE) Py_RETURN_NONE;
+    PyObject *tpl = PyTuple_GET_ITEM(st, SIGN_TEMPLATE);
+    PyObject *wire = PyBytes_FromStringAndSize(PyBytes_AS_STRING(tpl), PyBytes_GET_SIZE(tpl));
+    if (!wire) return NULL;
+    if (patch_mids(wire, PyTuple_GET_ITEM(st, SIGN_MIDS), mid) < 0) { Py_DECREF(wire); return NULL; }
+    Py_ssize_t tl = PyBytes_GET_SIZE(wire);
+    Py_ssize_t od = PyLong_AsSsize_t(PyTuple_GET_ITEM(st, SIGN_DATE));
+    Py_ssize_t os = PyLong_AsSsize_t(PyTuple_GET_ITEM(st, SIGN_SIG));
+    Py_ssize_t ob = PyLong_AsSsize_t(PyTuple_GET_ITEM(st, SIGN_BODY));
+    PyObject *key = PyTuple_GET_ITEM(st, SIGN_KEY);
+    if (od < 0 || od + 16 > tl || os < 0 || os + 64 > tl || ob < 0 || ob > tl || PyBytes_GET_SIZE(key) != 32) {
+        Py_DECREF(wire);
+        PyErr_SetString(PyExc_ValueError, "bad signer state");
+        return NULL;
+    }
+    struct tm tmv;
+    gmtime_r(&now, &tmv);
+    char date[17];
+    snprintf(date, sizeof date, "%04d%02d%02dT%02d%02d%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday,
+             tmv.tm_hour, tmv.tm_min, tmv.tm_sec);
+    char *w = PyBytes_AS_STRING(wire);
+    memcpy(w + od, date, 16);
+    unsigned char digest[32];
+    char payload_hex[64], creq_hex[64], sig_hex[64];
+    Sha256 c;
+    sha256_init(&c); sha256_update(&c, w + ob, (size_t)(tl - ob)); sha256_final(&c, digest);
+    to_hex(digest, 32, payload_hex);
+    PyObject *p1 = PyTuple_GET_ITEM(st, SIGN_P1), *p2 = PyTuple_GET_ITEM(st, SIGN_P2);
+    sha256_init(&c);
+    sha256_update(&c, PyBytes_AS_STRING(p1), PyBytes_GET_SIZE(p1));
+    sha256_update(&c, date, 16);
+    sha256_update(&c, PyBytes_AS_STRING(p2), PyBytes_GET_SIZE(p2));
+    sha256_update(&c, payload_hex, 64);
+    sha256_final(&c, digest);
+    to_hex(digest, 32, creq_hex);
+    PyObject *scope = PyTuple_GET_ITEM(st, SIGN_SCOPE);
+    Buf sts; buf_init(&sts);
+    if (buf_str(&sts, "AWS4-HMAC-SHA256\n") < 0 || buf_put(&sts, date, 16) < 0 ||
+        buf_put(&sts, PyBytes_AS_STRING(scope), PyBytes_GET_SIZE(scope)) < 0 || buf_put(&sts, creq_hex, 64) < 0) {
+        buf_free(&sts); Py_DECREF(wire); return NULL;
+    }
+    hmac_sha256((const unsigned char *)PyBytes_AS_STRING(key), sts.p, (size_t)sts.n, digest);
+    buf_free(&sts);
+    to_hex(digest, 32, sig_hex);
+    memcpy(w + os, sig_hex, 64);
+    return wire;
+}
+
 /* serve(client, client_transport, data, routes, peer, scheme) -> Upstream (taken) | Pool (eligible, no idle
  * connection: the Python lane serves it and lane.py warms the pool) | None (not for this lane) */
 static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -1291,19 +1466,14 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     PyObject *wire = PyBytes_FromStringAndSize(req.p, req.n);
     buf_free(&req);
     PyObject *first = NULL;  /* what is written now: the backend request, or the function call */
-    if (wire && func_names) {
-        PyObject *tpl = PyTuple_GET_ITEM(func, EP_FUNC_TEMPLATE);
-        Py_ssize_t o1 = PyLong_AsSsize_t(PyTuple_GET_ITEM(func, EP_FUNC_OFF1));
-        Py_ssize_t o2 = PyLong_AsSsize_t(PyTuple_GET_ITEM(func, EP_FUNC_OFF2));
-        Py_ssize_t tl = PyBytes_GET_SIZE(tpl);
-        if (o1 < 0 || o2 < 0 || o1 + 36 > tl || o2 + 36 > tl) {
-            PyErr_SetString(PyExc_ValueError, "bad function template");
-        } else if ((first = PyBytes_FromStringAndSize(PyBytes_AS_STRING(tpl), tl))) {
-            memcpy(PyBytes_AS_STRING(first) + o1, mid, 36);
-            memcpy(PyBytes_AS_STRING(first) + o2, mid, 36);
-        }
-    } else if (wire) {
-        first = Py_NewRef(wire);
+    if (wire && func_names) first = function_request(func, mid);
+    else if (wire) first = Py_NewRef(wire);
+    if (first == Py_None) {  /* no usable signing credentials cached: the Python lane serves (and fetches them) */
+        Py_DECREF(first);
+        Py_DECREF(wire);
+        PyList_Append(pool->idle, (PyObject *)u);
+        Py_DECREF(u);
+        Py_RETURN_NONE;
     }
     PyObject *mid_s = first ? PyUnicode_FromStringAndSize(mid, 36) : NULL;
     PyObject *path_s = mid_s ? PyUnicode_DecodeLatin1(target, path_len, NULL) : NULL;
@@ -1408,6 +1578,7 @@ static PyMethodDef lane_methods[] = {
     {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
     {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
+    {"sha256_hex", (PyCFunction)lane_sha256_hex, METH_O, "Hex SHA-256 (the signer's, for tests)."},
     {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm)"},
     {NULL}
 };

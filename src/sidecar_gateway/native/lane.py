@@ -131,18 +131,21 @@ def _function_entry(processor: Any, endpoint: Any) -> tuple[Any, ...] | None:
     made = processor.native_call(endpoint, PLACEHOLDER)
     if made is None:
         return None
-    url, template, cache_prefix = made
-    first = template.find(PLACEHOLDER.encode())
-    second = template.find(PLACEHOLDER.encode(), first + 1)
-    if first < 0 or second < 0 or template.count(PLACEHOLDER.encode()) != 2:
-        return None  # the id must be in exactly the header and the input
+    url, template, refresh, cache_prefix = made
+    mids: tuple[int, ...] = ()
+    if template is not None:
+        mark = PLACEHOLDER.encode()
+        mids = tuple(i for i in range(len(template)) if template.startswith(mark, i))
+        if not mids:
+            return None
     host_port = url.split("://", 1)[1].split("/", 1)[0]
     host, _, port = host_port.rpartition(":")
     if not host or not port.isdigit() or host.startswith("["):
-        return None
+        return None  # an explicit port and a plain host (the lane connects to exactly these)
     plan = processor.plan
-    return (_pool(host, int(port)), template, first, second, float(plan.deadline_s), processor,
-            tuple(plan.request_headers), processor.output_cache_filled, cache_prefix)
+    signer = None if refresh is None else [0.0, None, refresh]
+    return (_pool(host, int(port)), template, mids, float(plan.deadline_s), processor,
+            tuple(plan.request_headers), processor.output_cache_filled, cache_prefix, refresh is not None, signer)
 
 
 def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, tuple[Any, ...] | None] | None:
@@ -183,7 +186,7 @@ def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_
     epr = endpoint[0]
     epr.metrics.observe(status, elapsed)
     if function_elapsed is not None:
-        endpoint[11][5].native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
+        endpoint[11][4].native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
     native_requests_total.inc()
     event = _EVENTS.get(error)
     if event is not None:

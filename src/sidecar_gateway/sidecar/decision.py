@@ -318,26 +318,31 @@ class Processor:
 
     # -- the native lane (native/lane.py) -------------------------------------------------------------------------
 
-    def native_call(self, endpoint: Any, placeholder: str) -> tuple[str, bytes, str] | None:
+    def native_call(self, endpoint: Any, placeholder: str) -> tuple[str, bytes | None, Any, str] | None:
         """What the native lane needs to make this processor's call itself, or None when it must not: the http
         stack, request-response, no scope, conditions, pre-flight or shadow, and an input that depends on the
         call only through the message id (no ``expand-input``; the selected request headers, when a call has
         one, make the lane leave that call to the Python lane).  Returns (function URL, the whole HTTP request
-        with ``placeholder`` where the message id goes, the output-cache prefix the lane must find empty)."""
-        from ..transports.http import HttpTransport  # the stack's transport class, for the request head
+        with ``placeholder`` where the message id goes — None for aws-lambda, whose request is signed per call —,
+        the aws-lambda signer refresh function or None, the output-cache prefix the lane must find empty)."""
+        from ..transports.aws_lambda import AwsLambdaTransport
+        from ..transports.http import HttpTransport
 
         plan = self.plan
-        if (not isinstance(self.transport, HttpTransport) or plan.mode is not _REQUEST_RESPONSE_MODE or plan.shadow
+        if (not isinstance(self.transport, HttpTransport | AwsLambdaTransport)
+                or plan.mode is not _REQUEST_RESPONSE_MODE or plan.shadow
                 or plan.scope or plan.preflight or plan.require_request_headers or plan.require_eavs
                 or plan.require_key_eavs or plan.expand_request_payload or plan.expand_remote_address
                 or plan.expand_token or plan.expand_operation or plan.expand_routing or plan.point is _POST):
             return None
         request = ClientRequest("GET", "http", "", "/", "/", "", [], "")
         payload = build_input(plan, CallContext(placeholder, endpoint, request, None), routing=None, response=None)
+        prefix = self._cache_prefixes[plan.point]
+        if isinstance(self.transport, AwsLambdaTransport):
+            refresh = self.transport.native_signer(payload, placeholder)
+            return None if refresh is None else (self.transport.url, None, refresh, prefix)
         wire = self.transport.encoded_request(payload, placeholder)
-        if wire is None:
-            return None
-        return self.transport.url, wire, self._cache_prefixes[plan.point]
+        return None if wire is None else (self.transport.url, wire, None, prefix)
 
     def native_allow(self, elapsed: float) -> None:
         """The native lane made this processor's call and the answer was a plain allow: the metrics

@@ -213,6 +213,24 @@ class AwsCredentialProvider:
             return cached.credentials
         return await self._wait(("role", key), functools.partial(self._assume_role, conn.region, key, ssm_key))
 
+    def cached(self, conn: AwsLambdaConnection) -> tuple[Credentials, float] | None:
+        """The credentials ``for_connection`` would return right now without waiting or starting a refresh, and
+        until when (epoch seconds) that stays so; None when it would have to do either (the native lane then
+        leaves the call to the Python lane, which does it)."""
+        now = self._clock()
+        if not conn.use_assume_role:
+            current = self._gateway_current
+            source = self._gateway_source
+            if current is None or source is None or getattr(source, "refresh_needed", None) is not None:
+                return None  # refreshable chain credentials: botocore decides per call (gateway_credentials)
+            return current, float("inf")
+        for key, entry in self._roles.items():
+            if (key.role_arn == normalise_role_arn(conn.role_arn or "") and key.session_name == conn.session_name
+                    and key.duration_s == conn.expiration_minutes * 60 and conn.external_id_key is None
+                    and now < entry.expires_at - REFRESH_AHEAD_S):
+                return entry.credentials, entry.expires_at - REFRESH_AHEAD_S
+        return None
+
     async def gateway_credentials(self) -> Credentials:
         """The gateway's own credentials from the standard chain, refreshed when botocore says so: in the
         background inside botocore's advisory window, waited for when less than ``USABLE_UNTIL_S`` is left."""

@@ -151,6 +151,10 @@ class HttpTransport:
     def url(self) -> str:
         return self._url
 
+    def native_signer(self, payload: bytes, placeholder: str) -> None:
+        """No signing on this stack (the native lane asks every transport)."""
+        return None
+
     def encoded_request(self, payload: bytes, message_id: str) -> bytes | None:
         """The whole request ``invoke`` writes for a request-response call over a plain-http URL (the native lane
         writes the same bytes), or None for an https function."""

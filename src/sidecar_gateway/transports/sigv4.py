@@ -312,6 +312,22 @@ class PreparedSigner:
         parts.append("".join("\n" + line for line in fixed))
         return tuple(parts), signed_headers(to_sign)
 
+    def canonical_parts(self, session_token: str | None) -> tuple[str, str, str]:
+        """(P1, P2, SignedHeaders) such that the CanonicalRequest of ``sign`` is ``P1 + X-Amz-Date + P2 +
+        HashedPayload`` — what the native lane signs with (native/_lane.c ``function_request``)."""
+        date, digest = "D" * 16, "H" * 64
+        if session_token:
+            (before, between, after), signed = self._fixed[True]
+            canonical = f"{before}{date}\n{between}{' '.join(session_token.split())}{after}"
+        else:
+            (before, after), signed = self._fixed[False]
+            canonical = f"{before}{date}{after}"
+        creq = canonical_request(self._method, self._path, self._query, canonical, signed, digest)
+        at = creq.index(date)
+        if not creq.endswith(digest) or creq.count(date) != 1:
+            raise ValueError("unexpected canonical request layout")
+        return creq[:at], creq[at + 16: -64], signed
+
     def sign(self, body: bytes, *, access_key: str, secret_key: str, session_token: str | None, region: str,
              service: str, timestamp: datetime) -> list[tuple[str, str]]:
         """The headers to add, as ``sign(method, url, headers, body, ...)`` returns them."""
