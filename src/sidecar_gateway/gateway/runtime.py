@@ -18,7 +18,6 @@ from ..observability.logs import log_event
 from ..observability.metrics import EndpointMetrics
 from ..sidecar.engine import EndpointSidecar, SidecarServices, build_endpoint_sidecar
 from ..transports.pool import HttpClient
-from .responses import render_error
 from .routing import Router
 
 __all__ = ["EndpointRuntime", "Runtime", "RuntimeHolder"]
@@ -47,7 +46,9 @@ class Runtime:
         self._trusted = plan.trusted_proxies
         self._trust_cache: dict[str, bool] = {}
         self.inflight = 0
-        self.native = native_lane.build_routes(self, render_error)  # None: every call through the Python lane
+        from . import native_hooks  # imports app.py, which imports this module
+
+        self.native = native_lane.build_routes(self, native_hooks)  # None: every call through the Python lane
 
     def is_trusted(self, peer: str) -> bool:
         if not self._trusted or not peer:

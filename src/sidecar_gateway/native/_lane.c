@@ -263,7 +263,7 @@ static PyTypeObject PoolType;
 
 enum { U_CONNECTING, U_IDLE, U_AWAIT_HEAD, U_BODY, U_DONE, U_CLOSED, U_RETRY };
 enum { F_NONE, F_LENGTH, F_CHUNKED, F_UNTIL_CLOSE };
-enum { E_NONE, E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID };
+enum { E_NONE, E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID, E_TERMINATED };
 enum { R_BACKEND, R_FUNCTION };
 #define READ_CAP (6 * 1024 * 1024 + 1)  /* transports/http.py READ_CAP: a longer answer is cut there */
 
@@ -496,7 +496,7 @@ static int braces(const char *s, Py_ssize_t n) {
 }
 
 enum { EP_FUNC_POOL, EP_FUNC_TEMPLATE, EP_FUNC_MIDS, EP_FUNC_DEADLINE, EP_FUNC_PROCESSOR, EP_FUNC_NAMES,
-       EP_FUNC_FILLED, EP_FUNC_PREFIX, EP_FUNC_LAMBDA, EP_FUNC_SIGNER, EP_FUNC_SIZE };
+       EP_FUNC_FILLED, EP_FUNC_PREFIX, EP_FUNC_LAMBDA, EP_FUNC_SIGNER, EP_FUNC_DECIDE, EP_FUNC_SIZE };
 /* aws-lambda: the signer cell [valid until (epoch s), state, refresh hook] and its state tuple */
 enum { SIGN_TEMPLATE, SIGN_MIDS, SIGN_DATE, SIGN_SIG, SIGN_BODY, SIGN_P1, SIGN_P2, SIGN_SCOPE, SIGN_KEY, SIGN_SIZE };
 
@@ -554,6 +554,26 @@ static void function_done(UpstreamObject *u) {
     }
     PyObject *result = Py_BuildValue("(OiOOi)", Py_None, u->status, u->headers, body, u->function_error);
     Py_DECREF(body);
+    if (result && !allow && u->client && !u->client_gone) {
+        /* a terminate is decided and rendered by Python (gateway/native_hooks.py) and answered from here */
+        PyObject *decide = PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, 11 /* EP_FUNC */), EP_FUNC_DECIDE);
+        PyObject *fe = PyFloat_FromDouble(f_elapsed);
+        PyObject *args[] = {result, fe};
+        PyObject *answer = fe ? PyObject_Vectorcall(decide, args, 2, NULL) : NULL;
+        Py_XDECREF(fe);
+        if (!answer) PyErr_WriteUnraisable(decide);
+        else if (PyTuple_Check(answer) && PyTuple_GET_SIZE(answer) == 2 && PyBytes_Check(PyTuple_GET_ITEM(answer, 1))) {
+            u->status = (int)PyLong_AsLong(PyTuple_GET_ITEM(answer, 0));
+            u->error = E_TERMINATED;
+            u->head_written = 1;
+            client_write(u, PyTuple_GET_ITEM(answer, 1));
+            Py_DECREF(answer);
+            Py_DECREF(result);
+            finish(u, reusable);
+            return;
+        }
+        Py_XDECREF(answer);
+    }
     handover_python(u, result, reusable);
     Py_XDECREF(result);
 }

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import Callable
 from typing import Any
 
 import httptools
@@ -49,7 +48,7 @@ MAX_CONNECTIONS = 1024  # per pool and worker
 CONNECT_TIMEOUT_S = 10.0  # http11.CONNECT_TIMEOUT_S
 
 # Why a native call ended early (``_lane.c`` E_*), for the access record and the log.
-E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID = 1, 2, 3, 4, 5
+E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID, E_TERMINATED = 1, 2, 3, 4, 5, 6
 
 _pools: dict[tuple[str, int], Any] = {}  # (host, port) -> _lane.Pool, for the whole worker (survives reloads)
 _connecting: set[asyncio.Task[None]] = set()  # warm-up tasks (a reference each, or the loop may drop them)
@@ -104,12 +103,6 @@ def served() -> int:
     return _lane.served() if _lane is not None else 0
 
 
-def _reply_bytes(status: int, headers: list[tuple[bytes, bytes]], body: bytes) -> bytes:
-    """A gateway reply as the Python lane writes it (``_Responder.reply`` → ``_Cycle._encode_head``)."""
-    lines = b"".join(k.lower() + b": " + v + b"\r\n" for k, v in headers)
-    return STATUS_LINE[status] + lines + b"content-length: %d\r\n\r\n" % len(body) + body
-
-
 PLACEHOLDER = "ffffffff-ffff-4fff-bfff-ffffffffffff"  # where the message id goes in a function call's template
 
 
@@ -126,7 +119,7 @@ def _pool(host: str, port: int) -> Any:
     return pool
 
 
-def _function_entry(processor: Any, endpoint: Any) -> tuple[Any, ...] | None:
+def _function_entry(processor: Any, endpoint: Any, decide: Any) -> tuple[Any, ...] | None:
     """The pre-processor's part of an endpoint tuple (``_lane.c`` EP_FUNC_*), or None: not for this lane."""
     made = processor.native_call(endpoint, PLACEHOLDER)
     if made is None:
@@ -145,13 +138,15 @@ def _function_entry(processor: Any, endpoint: Any) -> tuple[Any, ...] | None:
     plan = processor.plan
     signer = None if refresh is None else [0.0, None, refresh]
     return (_pool(host, int(port)), template, mids, float(plan.deadline_s), processor,
-            tuple(plan.request_headers), processor.output_cache_filled, cache_prefix, refresh is not None, signer)
+            tuple(plan.request_headers), processor.output_cache_filled, cache_prefix, refresh is not None, signer,
+            decide)
 
 
-def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, tuple[Any, ...] | None] | None:
+def build_routes(runtime: Any, hooks: Any) -> dict[bytes, tuple[Any, ...] | None] | None:
     """The native routing table for ``runtime``: public path → endpoint tuple (read by ``_lane.c``), or None
     for a path the lane must leave to the Python lane.  None when the lane is off for this configuration.
-    ``render_error`` is the gateway's (responses.py): the lane's 502 and 504 are rendered once, here."""
+    ``hooks`` is the gateway's ``native_hooks`` module: the lane's 502 and 504 rendered once, here, and the
+    terminate decision of a pre-processor the lane calls itself."""
     if not enabled() or runtime.plan.trusted_proxies:
         return None
     routes: dict[bytes, tuple[Any, ...] | None] = {}
@@ -161,21 +156,19 @@ def build_routes(runtime: Any, render_error: Callable[..., Any]) -> dict[bytes, 
         epr = runtime.endpoints[endpoint.endpoint_id]
         function = None
         if epr.sidecar is not None and epr.sidecar.pre is not None and epr.sidecar.post is None:
-            function = _function_entry(epr.sidecar.pre, endpoint)
+            function = _function_entry(epr.sidecar.pre, endpoint, hooks.terminate_decider(epr))
         if len(group) != 1 or host_bound or not _eligible(endpoint) or (epr.sidecar is not None and function is None):
             routes[key] = None
             continue
         target = endpoint.target
         pool = _pool(target.host, target.port)
-        bad = render_error(BackendFailure(ErrorCode.BACKEND_UNAVAILABLE), endpoint)
-        late = render_error(BackendFailure(ErrorCode.BACKEND_TIMEOUT), endpoint)
+        bad, late = hooks.error_replies(endpoint)
         location = endpoint.key_location
         routes[key] = (
             runtime.endpoints[endpoint.endpoint_id], target.base_path.encode("latin-1"), target.host_header,
             location.in_header, tuple(name.encode("latin-1") for name in location.names), pool,
             endpoint.service_id, endpoint.endpoint_id, float(endpoint.timeout_s),
-            _reply_bytes(bad.status, bad.headers, bad.body), _reply_bytes(late.status, late.headers, late.body),
-            function,
+            bad, late, function,
         )
     return routes
 
@@ -185,7 +178,7 @@ def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_
     """A native call's metrics, log event and access record, as ``GatewayApp._http`` writes them."""
     epr = endpoint[0]
     epr.metrics.observe(status, elapsed)
-    if function_elapsed is not None:
+    if function_elapsed is not None and error != E_TERMINATED:
         endpoint[11][4].native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
     native_requests_total.inc()
     event = _EVENTS.get(error)
@@ -205,6 +198,8 @@ def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_
         entry["upstream_ms"] = _thousandths(upstream_elapsed * 1000)
     if error == E_DISCONNECTED:
         entry["disconnected"] = True
+    elif error == E_TERMINATED:
+        entry["verdict_pre"] = "terminate"
     entry["status"] = status
     entry["duration_ms"] = _thousandths(elapsed * 1000)
     entry["ts"] = _thousandths(time.time())

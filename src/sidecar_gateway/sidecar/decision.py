@@ -352,6 +352,30 @@ class Processor:
         self._duration.observe(elapsed)
         self._verdict[VerdictKind.ALLOW].inc()
 
+    def native_verdict(self, result: tuple[Any, ...]) -> Verdict | None:
+        """The verdict of an answer the native lane received (``transports/http.INJECTED`` shapes) when it is a
+        terminate without a cache hint — ``_invoke``'s classification, nothing counted — else None: the Python
+        lane decides that call (errors, failSafe and every other verdict stay there)."""
+        try:
+            outcome = self.transport.classify_native(result)  # type: ignore[attr-defined]
+            if outcome.kind is not ResultKind.OUTPUT:
+                return None
+            verdict = interpret_output(outcome.body, self.plan.point, backend_authority=self._authority,
+                                       route_hosts=self._route_hosts, now=time.time())
+        except (GatewayError, InvocationError, TimeoutError):
+            return None
+        if verdict.kind is not _TERMINATE or verdict.cache_ttl_ms is not None or verdict.termination is None:
+            return None
+        return verdict
+
+    def native_count(self, verdict: Verdict, elapsed: float) -> None:
+        """The native lane answered ``verdict`` (from ``native_verdict``): what ``_request_response`` and
+        ``_apply`` count."""
+        if self._use_cache:
+            self._count_lookup(self.plan.point, False)
+        self._duration.observe(elapsed)
+        self._verdict[verdict.kind].inc()
+
     @property
     def output_cache_filled(self) -> set[str]:
         return self._cache.filled

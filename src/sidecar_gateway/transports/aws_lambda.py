@@ -152,17 +152,23 @@ class AwsLambdaTransport:
 
         return refresh
 
+    @staticmethod
+    def classify_native(result: tuple[Any, ...], invocation_type: InvocationType = InvocationType.REQUEST_RESPONSE,
+                        ) -> InvokeResult:
+        """``classify`` of an answer the native lane received (``INJECTED``), raising as ``invoke`` does."""
+        kind = result[0]
+        if kind == "timeout":
+            raise TimeoutError
+        if kind == "failure":
+            raise InvocationError(ErrorCode.CONNECTION_FAILURE)
+        return classify(result[1], result[2], result[3], invocation_type)
+
     async def invoke(self, payload: bytes, *, invocation_type: InvocationType, message_id: str,
                      deadline: float) -> InvokeResult:
         if INJECTED:
             injected = INJECTED.pop(message_id, None)
             if injected is not None:  # the native lane already called the function (transports/http.py INJECTED)
-                kind = injected[0]
-                if kind == "timeout":
-                    raise TimeoutError
-                if kind == "failure":
-                    raise InvocationError(ErrorCode.CONNECTION_FAILURE)
-                return classify(injected[1], injected[2], injected[3], invocation_type)
+                return self.classify_native(injected, invocation_type)
         credentials = await self._credentials.for_connection(self._conn)
         added = self._signers[invocation_type].sign(payload, access_key=credentials.access_key,
                                                     secret_key=credentials.secret_key,

@@ -151,6 +151,11 @@ class HttpTransport:
     def url(self) -> str:
         return self._url
 
+    @staticmethod
+    def classify_native(result: tuple[Any, ...]) -> InvokeResult:
+        """``_classify`` of an answer the native lane received (request-response), raising as ``invoke`` does."""
+        return _injected(result, InvocationType.REQUEST_RESPONSE)
+
     def native_signer(self, payload: bytes, placeholder: str) -> None:
         """No signing on this stack (the native lane asks every transport)."""
         return None
