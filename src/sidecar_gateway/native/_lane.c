@@ -33,7 +33,7 @@ static PyObject *ResponseParser;   /* httptools.HttpResponseParser */
 static PyObject *RetryHook;        /* lane._retry(upstream): open a fresh connection for a call (lane.py) */
 static PyObject *WarmHook;         /* lane.warm(pool): open a connection for the next calls (lane.py) */
 static PyObject *StatusLines;      /* dict int -> bytes (uvicorn STATUS_LINE) */
-static PyObject *S_native_handover, *S_timeout, *S_failure;
+static PyObject *S_native_handover, *S_timeout, *S_failure, *S__native;
 static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
     *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done,
     *S_get_write_buffer_size, *S_HTTP10, *S_GET, *S_HEAD;
@@ -534,6 +534,8 @@ static void function_done(UpstreamObject *u) {
             b->deadline = endpoint_deadline > now + 0.001 ? endpoint_deadline : now + 0.001;
             int close_after = u->close_after;
             release(u, reusable);
+            /* the client protocol's handle on its call follows the call (client_lost, resume, close_after) */
+            if (PyObject_SetAttr(b->client, S__native, (PyObject *)b) < 0) PyErr_WriteUnraisable(b->client);
             if (start_exchange(b, b->wire, R_BACKEND) < 0) {
                 PyErr_WriteUnraisable((PyObject *)b);
                 b->state = U_AWAIT_HEAD;
@@ -1482,7 +1484,7 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
          buf_str(&req, "\r\nx-mashery-message-id: ") == 0 && buf_put(&req, mid, 36) == 0 &&
          buf_str(&req, "\r\n\r\n") == 0;
     buf_free(&kept);
-    if (!ok) { buf_free(&req); Py_DECREF(u); return NULL; }
+    if (!ok) { buf_free(&req); PyList_Append(pool->idle, (PyObject *)u); Py_DECREF(u); return NULL; }
     PyObject *wire = PyBytes_FromStringAndSize(req.p, req.n);
     buf_free(&req);
     PyObject *first = NULL;  /* what is written now: the backend request, or the function call */
@@ -1615,7 +1617,7 @@ PyMODINIT_FUNC PyInit__lane(void) {
     STR(S_get_status_code, "get_status_code"); STR(S_should_keep_alive, "should_keep_alive");
     STR(S_get_http_version, "get_http_version"); STR(S_native_done, "_native_done");
     STR(S_get_write_buffer_size, "get_write_buffer_size"); STR(S_native_handover, "_native_handover");
-    STR(S_timeout, "timeout"); STR(S_failure, "failure");
+    STR(S_timeout, "timeout"); STR(S_failure, "failure"); STR(S__native, "_native");
     STR(S_HTTP10, "1.0"); STR(S_GET, "GET"); STR(S_HEAD, "HEAD");
 #undef STR
     CHUNKED_END = PyBytes_FromString("0\r\n\r\n");
