@@ -4,7 +4,8 @@
   ``_Cycle._encode_head``), rendered once per configuration load.
 * ``terminate_decider``: for a pre-processor the lane calls itself, the function that turns an answer other than
   a plain allow into a whole response when it is a terminate (the Python lane's ``_termination_reply``), counting
-  what the decision procedure counts; None for anything else, which the lane hands to the Python lane.
+  what the decision procedure counts; None for anything else, which the lane hands to the Python lane.  The same
+  answer is decided once (``MEMO_ENTRIES``).
 
 ``encode_reply`` is the one encoder: the bytes ``_Cycle.respond`` writes for a whole response on a keep-alive
 connection, or None when the Python lane would do something else with these headers (close the connection,
@@ -25,6 +26,12 @@ from .responses import render_error
 from .runtime import EndpointRuntime
 
 __all__ = ["encode_reply", "error_replies", "terminate_decider"]
+
+MEMO_ENTRIES = 256  # per processor: distinct terminate answers remembered (a function answers a few kinds)
+MEMO_BODY_MAX = 4096
+"""A terminate's reply depends only on the answer (status, function-error flag, body) and the configuration:
+``interpret_output`` reads the clock only for §9.1 cache hints, and a verdict with one is never answered here
+(an answer mentioning ``cache`` is not even remembered).  So the same answer is decided once and remembered."""
 
 # protocol._HEAD_LINES: the Python lane's check of an encoded header block
 _HEAD_LINES = re.compile(rb'(?:[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
@@ -67,15 +74,25 @@ def terminate_decider(epr: EndpointRuntime) -> Callable[[tuple[Any, ...], float]
     endpoint = epr.plan
     use_error_set = sidecar.pre_error_set
 
+    memo: dict[tuple[int, int, bytes], tuple[Any, int, bytes]] = {}
+
     def decide(result: tuple[Any, ...], elapsed: float) -> tuple[int, bytes] | None:
-        verdict = processor.native_verdict(result)
-        if verdict is None:
-            return None
-        reply = GatewayApp._termination_reply(verdict.termination, endpoint, use_error_set)
-        encoded = encode_reply(reply.status, list(reply.headers), reply.body)
-        if encoded is None:
-            return None
-        processor.native_count(verdict, elapsed)
-        return reply.status, encoded
+        key = (result[1], result[4], result[3]) if result[0] is None else None
+        hit = memo.get(key) if key is not None else None
+        if hit is None:
+            verdict = processor.native_verdict(result)
+            if verdict is None:
+                return None
+            reply = GatewayApp._termination_reply(verdict.termination, endpoint, use_error_set)
+            encoded = encode_reply(reply.status, list(reply.headers), reply.body)
+            if encoded is None:
+                return None
+            hit = (verdict, reply.status, encoded)
+            if key is not None and len(key[2]) <= MEMO_BODY_MAX and b"cache" not in key[2]:
+                if len(memo) >= MEMO_ENTRIES:
+                    memo.clear()
+                memo[key] = hit
+        processor.native_count(hit[0], elapsed)
+        return hit[1], hit[2]
 
     return decide
