@@ -645,6 +645,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         pending = self._native_end()
         inject(message_id, result)
         self._next_message_id = message_id
+        if self._native_close:  # shutdown began during the native part: the Python lane answers with close
+            self._native_close = False
+            self._shutting_down = True
         if not self.transport.is_closing():
             self._feed(request + pending)
 

@@ -323,6 +323,20 @@ static void client_write(UpstreamObject *u, PyObject *data) {
     else { PyErr_Clear(); u->client_gone = 1; }  /* closed under us: connection_lost follows (client_lost) */
 }
 
+/* A whole reply the gateway makes (502, 504, a terminate): for a HEAD request only its head, as the Python lane
+ * writes it (``_Cycle._body`` sends no body bytes for HEAD). */
+static void client_write_reply(UpstreamObject *u, PyObject *reply) {
+    if (!u->is_head) { client_write(u, reply); return; }
+    const char *p = PyBytes_AS_STRING(reply);
+    Py_ssize_t n = PyBytes_GET_SIZE(reply);
+    const char *end = NULL;
+    for (Py_ssize_t i = 0; i + 4 <= n; i++) if (memcmp(p + i, "\r\n\r\n", 4) == 0) { end = p + i + 4; break; }
+    PyObject *head = PyBytes_FromStringAndSize(p, end ? end - p : n);
+    if (!head) { PyErr_WriteUnraisable((PyObject *)u); return; }
+    client_write(u, head);
+    Py_DECREF(head);
+}
+
 static void pool_remove(UpstreamObject *u) {
     PoolObject *p = u->pool;
     if (!p) return;
@@ -395,7 +409,7 @@ static void fail_before_head(UpstreamObject *u, int error) {
     if (!u->head_written && !u->client_gone && u->endpoint) {
         PyObject *reply = PyTuple_GET_ITEM(u->endpoint, error == E_TIMEOUT ? 10 : 9);
         u->head_written = 1;
-        client_write(u, reply);
+        client_write_reply(u, reply);
     } else if (u->head_written && !u->client_gone && u->client_transport) {
         call_method0(u->client_transport, S_close);  /* the response started: the client sees it cut */
     }
@@ -568,7 +582,7 @@ static void function_done(UpstreamObject *u) {
             u->status = (int)PyLong_AsLong(PyTuple_GET_ITEM(answer, 0));
             u->error = E_TERMINATED;
             u->head_written = 1;
-            client_write(u, PyTuple_GET_ITEM(answer, 1));
+            client_write_reply(u, PyTuple_GET_ITEM(answer, 1));
             Py_DECREF(answer);
             Py_DECREF(result);
             finish(u, reusable);
@@ -777,7 +791,8 @@ static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unuse
         }
     }
     int framing;
-    if (u->is_head || status == 204 || status == 304) framing = F_NONE;
+    if ((u->is_head && u->role == R_BACKEND) || status == 204 || status == 304) framing = F_NONE;  /* the
+        function's call is a POST whatever the client's method */
     else {
         framing = u->framing_hint;
         if (framing == F_UNTIL_CLOSE) keep_alive = 0;
