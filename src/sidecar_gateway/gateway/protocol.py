@@ -622,8 +622,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         """A native call ended (``_lane.c`` ``finish``): its metrics and access record, then the connection goes
         on as after any response (``on_response_complete``)."""
         pending = self._native_end()
-        native_lane.record(self._gateway, endpoint, method, path, message_id, status, elapsed, upstream_elapsed,
-                           error, function_elapsed)
+        endpoint[12].done(self._gateway.access_log, method, path, message_id, status, elapsed,  # type: ignore[union-attr]
+                          upstream_elapsed, error, function_elapsed)
         self.server_state.total_requests += 1
         transport = self.transport
         if self._native_close or error == native_lane.E_INVALID:

@@ -1233,7 +1233,7 @@ static PyTypeObject PoolType = {
 /* ------------------------------------------------------------------------------------------- serve() */
 
 enum { EP_EPR, EP_BASE, EP_HOST, EP_KEY_IN_HEADER, EP_KEY_NAMES, EP_POOL, EP_SERVICE, EP_ENDPOINT, EP_TIMEOUT,
-       EP_502, EP_504, EP_FUNC, EP_SIZE };
+       EP_502, EP_504, EP_FUNC, EP_RECORDER, EP_SIZE };
 
 static int key_name(PyObject *names, const char *s, Py_ssize_t n) {
     Py_ssize_t count = PyTuple_GET_SIZE(names);

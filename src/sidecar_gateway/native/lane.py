@@ -24,19 +24,19 @@ import time
 from typing import Any
 
 import httptools
+import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..errors import BackendFailure, ErrorCode
 from ..observability.logs import log_event
 from ..observability.logs import thousandths as _thousandths
-from ..observability.metrics import native_requests_total
 
 try:
     from . import _lane
 except ImportError:  # built without a C compiler: the Python lane serves everything
     _lane = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "ENV", "Upstream", "build_routes", "close_pools", "enabled", "record", "serve", "served",
+__all__ = ["AVAILABLE", "ENV", "Recorder", "Upstream", "build_routes", "close_pools", "enabled", "serve", "served",
            "warm"]
 
 AVAILABLE = _lane is not None
@@ -168,42 +168,55 @@ def build_routes(runtime: Any, hooks: Any) -> dict[bytes, tuple[Any, ...] | None
             runtime.endpoints[endpoint.endpoint_id], target.base_path.encode("latin-1"), target.host_header,
             location.in_header, tuple(name.encode("latin-1") for name in location.names), pool,
             endpoint.service_id, endpoint.endpoint_id, float(endpoint.timeout_s),
-            bad, late, function,
+            bad, late, function, Recorder(epr, epr.sidecar.pre if function is not None else None),
         )
     return routes
 
 
-def record(app: Any, endpoint: tuple[Any, ...], method: str, path: str, message_id: str, status: int,
-           elapsed: float, upstream_elapsed: float | None, error: int, function_elapsed: float | None) -> None:
-    """A native call's metrics, log event and access record, as ``GatewayApp._http`` writes them."""
-    epr = endpoint[0]
-    epr.metrics.observe(status, elapsed)
-    if function_elapsed is not None and error != E_TERMINATED:
-        endpoint[11][4].native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
-    native_requests_total.inc()
-    event = _EVENTS.get(error)
-    if event is not None:
-        log_event(event[0], event[1], message_id=message_id, error=event[2])
-    if upstream_elapsed is not None:
-        epr.metrics.upstream_duration.observe(upstream_elapsed)
-    log = app.access_log
-    if not log.enabled:
-        return
-    entry: dict[str, Any] = {"method": method, "path": path, "message_id": message_id, "service_id": endpoint[6],
-                             "endpoint_id": endpoint[7], "key": None}
-    name = _ERROR_NAMES.get(error)
-    if name is not None:
-        entry["error"] = name
-    elif upstream_elapsed is not None:
-        entry["upstream_ms"] = _thousandths(upstream_elapsed * 1000)
-    if error == E_DISCONNECTED:
-        entry["disconnected"] = True
-    elif error == E_TERMINATED:
-        entry["verdict_pre"] = "terminate"
-    entry["status"] = status
-    entry["duration_ms"] = _thousandths(elapsed * 1000)
-    entry["ts"] = _thousandths(time.time())
-    log.write(entry)
+class Recorder:
+    """One endpoint's bookkeeping for the calls the native lane answered, as ``GatewayApp._http`` does it for the
+    Python lane: the metrics (``EndpointMetrics.observe_native``), the pre-processor's counts, the log event of a
+    failure, and the access record — written as the very line ``orjson.dumps`` makes of the Python lane's dict
+    (same members, same order; the lane's methods, paths and ids need no JSON escaping, the service and endpoint
+    ids are encoded once here; ``repr`` of these floats is orjson's shortest form)."""
+
+    __slots__ = ("_ids", "_metrics", "_processor")
+
+    def __init__(self, epr: Any, processor: Any) -> None:
+        self._metrics = epr.metrics
+        self._processor = processor
+        endpoint = epr.plan
+        self._ids = (f',"service_id":{orjson.dumps(endpoint.service_id).decode()}'
+                     f',"endpoint_id":{orjson.dumps(endpoint.endpoint_id).decode()},"key":null')
+
+    def done(self, log: Any, method: str, path: str, message_id: str, status: int, elapsed: float,
+             upstream_elapsed: float | None, error: int, function_elapsed: float | None) -> None:
+        self._metrics.observe_native(status, elapsed, upstream_elapsed)
+        if function_elapsed is not None and error != E_TERMINATED:
+            self._processor.native_allow(function_elapsed)  # the pre-processor's call and its allow verdict
+        if error:
+            event = _EVENTS.get(error)
+            if event is not None:
+                log_event(event[0], event[1], message_id=message_id, error=event[2])
+        if not log.enabled:
+            return
+        if not error:
+            middle = f',"upstream_ms":{_thousandths(upstream_elapsed * 1000)!r}' if upstream_elapsed is not None else ""
+        else:
+            name = _ERROR_NAMES.get(error)
+            if name is not None:
+                middle = f',"error":{orjson.dumps(name).decode()}'
+            elif upstream_elapsed is not None:
+                middle = f',"upstream_ms":{_thousandths(upstream_elapsed * 1000)!r}'
+            else:
+                middle = ""
+            if error == E_DISCONNECTED:
+                middle += ',"disconnected":true'
+            elif error == E_TERMINATED:
+                middle += ',"verdict_pre":"terminate"'
+        log.write_line(
+            f'{{"method":"{method}","path":"{path}","message_id":"{message_id}"{self._ids}{middle},"status":{status},'
+            f'"duration_ms":{_thousandths(elapsed * 1000)!r},"ts":{_thousandths(time.time())!r}}}\n'.encode())
 
 
 def warm(pool: Any) -> None:

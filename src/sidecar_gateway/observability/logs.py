@@ -67,6 +67,12 @@ class AccessLog:
         if len(self._buf) > BUFFER_LIMIT or time.monotonic() - self._last_flush > FLUSH_INTERVAL_S:
             self.flush()
 
+    def write_line(self, line: bytes) -> None:
+        """A record already encoded as one JSON line (the native lane's, see native/lane.py ``Recorder``)."""
+        self._buf += line
+        if len(self._buf) > BUFFER_LIMIT or time.monotonic() - self._last_flush > FLUSH_INTERVAL_S:
+            self.flush()
+
     def flush(self) -> None:
         self._last_flush = time.monotonic()
         if not self._buf:

@@ -170,6 +170,7 @@ overload_rejections_total = Family("gateway_overload_rejections_total",
                                    "Client calls answered 503 because max_inflight calls were in progress", _COUNTER)
 native_requests_total = Family("gateway_native_requests_total",
                                "Client calls served by the native lane (docs/native-lane.md)", _COUNTER)
+_native_requests = native_requests_total.labels()
 unmatched_total = Family("gateway_unmatched_requests_total", "Client calls that matched no endpoint", _COUNTER,
                          ("status",))
 upstream_duration = Family("gateway_upstream_duration_seconds",
@@ -253,6 +254,24 @@ class EndpointMetrics:
         if child is None:
             child = self._status[status] = requests_total.labels(*self._labels, str(status))
         child.inc()
+
+    def observe_native(self, status: int, duration_s: float, upstream_s: float | None) -> None:
+        """One call the native lane answered: ``observe`` and, when the backend answered, the upstream duration,
+        plus ``gateway_native_requests_total`` — the same updates, inlined (it runs once per native call)."""
+        child = self._status.get(status)
+        if child is None:
+            child = self._status[status] = requests_total.labels(*self._labels, str(status))
+        child.value += 1
+        hist = self._request_duration or self.request_duration
+        hist.counts[bisect_left(hist._bounds, duration_s)] += 1
+        hist.sum += duration_s
+        if upstream_s is not None:
+            hist = self._upstream_duration or self.upstream_duration
+            hist.counts[bisect_left(hist._bounds, upstream_s)] += 1
+            hist.sum += upstream_s
+        _native_requests.value += 1
+        if not _dirty:
+            _mark()
 
     def observe(self, status: int, duration_s: float) -> None:
         """One answered call: ``gateway_requests_total`` by status and ``gateway_request_duration_seconds``."""
