@@ -1559,6 +1559,58 @@ error:
     return NULL;
 }
 
+
+/* ``thousandths(x)`` as ``repr`` prints it (observability/logs.py): k = int(x * 1000 + 0.5), then k / 1000 in its
+ * shortest form — the decimal with trailing zeros dropped ("1.0", "0.96", "1795674160.7"). */
+static int put_thousandths(Buf *b, double x) {
+    long long k = (long long)(x * 1000 + 0.5);
+    char tmp[40];
+    int n = snprintf(tmp, sizeof tmp, "%lld.%03lld", k / 1000, k % 1000);
+    while (n > 0 && tmp[n - 1] == '0' && tmp[n - 2] != '.') n--;
+    return buf_put(b, tmp, n);
+}
+
+static int put_str(Buf *b, PyObject *o) {
+    Py_ssize_t n;
+    const char *s = PyUnicode_AsUTF8AndSize(o, &n);
+    return s ? buf_put(b, s, n) : -1;
+}
+
+/* format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes: the access
+ * line of a native call (native/lane.py ``Recorder``): ``before`` / ``after`` are the rare members around
+ * ``upstream_ms`` (an error name; disconnected / verdict_pre), ``upstream`` None or seconds. */
+static PyObject *lane_format_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "format_record() takes 9 arguments"); return NULL; }
+    PyObject *ids = args[0], *before = args[4], *up = args[5], *after = args[6];
+    if (!PyBytes_Check(ids) || !PyBytes_Check(before) || !PyBytes_Check(after)) {
+        PyErr_SetString(PyExc_TypeError, "format_record(): ids, before and after are bytes");
+        return NULL;
+    }
+    long status = PyLong_AsLong(args[7]);
+    double elapsed = PyFloat_AsDouble(args[8]);
+    if (PyErr_Occurred()) return NULL;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    Buf b; buf_init(&b);
+    char num[24];
+    int ok = buf_str(&b, "{\"method\":\"") == 0 && put_str(&b, args[1]) == 0 && buf_str(&b, "\",\"path\":\"") == 0 &&
+             put_str(&b, args[2]) == 0 && buf_str(&b, "\",\"message_id\":\"") == 0 && put_str(&b, args[3]) == 0 &&
+             buf_put(&b, "\"", 1) == 0 && buf_put(&b, PyBytes_AS_STRING(ids), PyBytes_GET_SIZE(ids)) == 0 &&
+             buf_put(&b, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)) == 0;
+    if (ok && up != Py_None) {
+        double u = PyFloat_AsDouble(up);
+        ok = !PyErr_Occurred() && buf_str(&b, ",\"upstream_ms\":") == 0 && put_thousandths(&b, u * 1000) == 0;
+    }
+    ok = ok && buf_put(&b, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0 &&
+         buf_put(&b, num, snprintf(num, sizeof num, ",\"status\":%ld", status)) == 0 &&
+         buf_str(&b, ",\"duration_ms\":") == 0 && put_thousandths(&b, elapsed * 1000) == 0 &&
+         buf_str(&b, ",\"ts\":") == 0 && put_thousandths(&b, now) == 0 && buf_str(&b, "}\n") == 0;
+    PyObject *r = ok ? PyBytes_FromStringAndSize(b.p, b.n) : NULL;
+    buf_free(&b);
+    return r;
+}
+
 /* sweep(): calls still waiting for a response head (or a retry's connection) past their endpoint deadline are
  * answered 504.  The expired calls are collected first: answering one may end others (and unlink them). */
 static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
@@ -1612,6 +1664,8 @@ static PyMethodDef lane_methods[] = {
     {"serve", (PyCFunction)(void (*)(void))lane_serve, METH_FASTCALL,
      "serve(client, client_transport, data, routes, peer, scheme) -> Upstream | Pool | None"},
     {"sweep", (PyCFunction)lane_sweep, METH_NOARGS, "Answer 504 for calls past their deadline."},
+    {"format_record", (PyCFunction)(void (*)(void))lane_format_record, METH_FASTCALL,
+     "format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes"},
     {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
     {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},

@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import time
 from typing import Any
 
 import httptools
@@ -29,7 +28,6 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..errors import BackendFailure, ErrorCode
 from ..observability.logs import log_event
-from ..observability.logs import thousandths as _thousandths
 
 try:
     from . import _lane
@@ -178,7 +176,7 @@ class Recorder:
     Python lane: the metrics (``EndpointMetrics.observe_native``), the pre-processor's counts, the log event of a
     failure, and the access record — written as the very line ``orjson.dumps`` makes of the Python lane's dict
     (same members, same order; the lane's methods, paths and ids need no JSON escaping, the service and endpoint
-    ids are encoded once here; ``repr`` of these floats is orjson's shortest form)."""
+    ids are encoded once here; ``_lane.format_record`` prints the thousandths as orjson prints those floats)."""
 
     __slots__ = ("_ids", "_metrics", "_processor")
 
@@ -186,8 +184,8 @@ class Recorder:
         self._metrics = epr.metrics
         self._processor = processor
         endpoint = epr.plan
-        self._ids = (f',"service_id":{orjson.dumps(endpoint.service_id).decode()}'
-                     f',"endpoint_id":{orjson.dumps(endpoint.endpoint_id).decode()},"key":null')
+        self._ids = (b',"service_id":' + orjson.dumps(endpoint.service_id) + b',"endpoint_id":'
+                     + orjson.dumps(endpoint.endpoint_id) + b',"key":null')
 
     def done(self, log: Any, method: str, path: str, message_id: str, status: int, elapsed: float,
              upstream_elapsed: float | None, error: int, function_elapsed: float | None) -> None:
@@ -201,22 +199,14 @@ class Recorder:
         if not log.enabled:
             return
         if not error:
-            middle = f',"upstream_ms":{_thousandths(upstream_elapsed * 1000)!r}' if upstream_elapsed is not None else ""
-        else:
-            name = _ERROR_NAMES.get(error)
-            if name is not None:
-                middle = f',"error":{orjson.dumps(name).decode()}'
-            elif upstream_elapsed is not None:
-                middle = f',"upstream_ms":{_thousandths(upstream_elapsed * 1000)!r}'
-            else:
-                middle = ""
-            if error == E_DISCONNECTED:
-                middle += ',"disconnected":true'
-            elif error == E_TERMINATED:
-                middle += ',"verdict_pre":"terminate"'
-        log.write_line(
-            f'{{"method":"{method}","path":"{path}","message_id":"{message_id}"{self._ids}{middle},"status":{status},'
-            f'"duration_ms":{_thousandths(elapsed * 1000)!r},"ts":{_thousandths(time.time())!r}}}\n'.encode())
+            log.write_line(_format(self._ids, method, path, message_id, b"", upstream_elapsed, b"", status, elapsed))
+            return
+        name = _ERROR_NAMES.get(error)
+        before = b',"error":' + orjson.dumps(name) if name is not None else b""
+        after = b',"disconnected":true' if error == E_DISCONNECTED else (
+            b',"verdict_pre":"terminate"' if error == E_TERMINATED else b"")
+        log.write_line(_format(self._ids, method, path, message_id, before,
+                               None if name is not None else upstream_elapsed, after, status, elapsed))
 
 
 def warm(pool: Any) -> None:
@@ -279,6 +269,7 @@ if _lane is not None:
     _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, warm)
     serve = _lane.serve
     Upstream: Any = _lane.Upstream
+    _format = _lane.format_record
 else:
     serve = None
     Upstream = type(None)
