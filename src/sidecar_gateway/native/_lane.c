@@ -89,6 +89,15 @@ static void message_id(char *out) {
 
 /* ------------------------------------------------------------------------------ SHA-256, HMAC (SigV4) */
 
+#ifdef HAVE_OPENSSL
+/* libcrypto's SHA-256 (SHA-NI where the CPU has it: ~4x the portable code below); setup.py defines HAVE_OPENSSL
+ * when the OpenSSL headers are installed */
+#include <openssl/sha.h>
+typedef SHA256_CTX Sha256;
+static void sha256_init(Sha256 *c) { SHA256_Init(c); }
+static void sha256_update(Sha256 *c, const void *data, size_t len) { SHA256_Update(c, data, len); }
+static void sha256_final(Sha256 *c, unsigned char out[32]) { SHA256_Final(out, c); }
+#else
 typedef struct { uint32_t h[8]; uint64_t len; unsigned char buf[64]; size_t n; } Sha256;
 static const uint32_t K256[64] = {
     0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5, 0xd807aa98,
@@ -134,13 +143,21 @@ static void sha256_update(Sha256 *c, const void *data, size_t len) {
 }
 static void sha256_final(Sha256 *c, unsigned char out[32]) {
     uint64_t bits = c->len * 8;
-    unsigned char pad = 0x80, zero = 0, lenb[8];
-    sha256_update(c, &pad, 1);
-    while (c->n != 56) sha256_update(c, &zero, 1);
-    for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)(bits >> (56 - 8 * i));
-    sha256_update(c, lenb, 8);
-    for (int i = 0; i < 8; i++) { out[4 * i] = c->h[i] >> 24; out[4 * i + 1] = c->h[i] >> 16; out[4 * i + 2] = c->h[i] >> 8; out[4 * i + 3] = c->h[i]; }
+    c->buf[c->n++] = 0x80;
+    if (c->n > 56) {
+        memset(c->buf + c->n, 0, 64 - c->n);
+        sha256_block(c, c->buf);
+        c->n = 0;
+    }
+    memset(c->buf + c->n, 0, 56 - c->n);
+    for (int i = 0; i < 8; i++) c->buf[56 + i] = (unsigned char)(bits >> (56 - 8 * i));
+    sha256_block(c, c->buf);
+    for (int i = 0; i < 8; i++) {
+        out[4 * i] = c->h[i] >> 24; out[4 * i + 1] = c->h[i] >> 16; out[4 * i + 2] = c->h[i] >> 8; out[4 * i + 3] = c->h[i];
+    }
 }
+#endif
+
 static void to_hex(const unsigned char *d, int n, char *out) {
     static const char hex[] = "0123456789abcdef";
     for (int i = 0; i < n; i++) { out[2 * i] = hex[d[i] >> 4]; out[2 * i + 1] = hex[d[i] & 15]; }
@@ -1296,7 +1313,7 @@ static PyObject *function_request(PyObject *func, const char *mid) {
     }
     struct tm tmv;
     gmtime_r(&now, &tmv);
-    char date[17];
+    char date[64];  /* 16 used; room for what the compiler cannot prove about tm fields */
     snprintf(date, sizeof date, "%04d%02d%02dT%02d%02d%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday,
              tmv.tm_hour, tmv.tm_min, tmv.tm_sec);
     char *w = PyBytes_AS_STRING(wire);
