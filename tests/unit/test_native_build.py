@@ -46,3 +46,21 @@ def test_the_signers_sha256_matches_hashlib(size: int) -> None:
 def test_switch_off_by_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(lane.ENV, "0")
     assert not lane.enabled()
+
+
+@pytest.mark.skipif(not lane.AVAILABLE, reason="native lane not built")
+def test_a_forked_worker_does_not_repeat_its_parents_message_ids() -> None:
+    """Workers are forked from one parent (--workers N): each re-seeds, so no two share a sequence."""
+    from sidecar_gateway.native import _lane
+
+    _lane.message_id()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next ids
+        os.write(write, "".join(_lane.message_id() for _ in range(50)).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 4096).decode()
+    parent = "".join(_lane.message_id() for _ in range(50))
+    assert len(child) == len(parent) == 50 * 36
+    assert not {child[i:i + 36] for i in range(0, len(child), 36)} & {parent[i:i + 36] for i in range(0, len(parent), 36)}

@@ -26,6 +26,7 @@
 #include <unistd.h>
 #include <sys/random.h>
 #include <stdint.h>
+#include <pthread.h>
 
 /* ------------------------------------------------------------------------------------------ module state */
 
@@ -53,7 +54,8 @@ static double now_s(void) {
     return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
-/* xoshiro256** seeded from getrandom, re-seeded in a forked child: message ids (unique, not secret) */
+/* xoshiro256** seeded from getrandom, re-seeded in a forked child (pthread_atfork): message ids (unique, not
+ * secret) */
 static unsigned long long rng_s[4];
 static pid_t rng_pid;
 static inline unsigned long long rotl(unsigned long long x, int k) { return (x << k) | (x >> (64 - k)); }
@@ -64,8 +66,9 @@ static void rng_seed(void) {
     }
     rng_pid = getpid();
 }
+static void rng_after_fork(void) { rng_pid = 0; }  /* a forked worker re-seeds before its first id */
 static unsigned long long rng_next(void) {
-    if (getpid() != rng_pid) rng_seed();
+    if (!rng_pid) rng_seed();  /* no getpid() per id: glibc no longer caches it, it is a system call */
     unsigned long long *s = rng_s, result = rotl(s[1] * 5, 7) * 9, t = s[1] << 17;
     s[2] ^= s[0]; s[3] ^= s[1]; s[1] ^= s[2]; s[0] ^= s[3]; s[2] ^= t; s[3] = rotl(s[3], 45);
     return result;
@@ -1696,6 +1699,7 @@ static struct PyModuleDef lane_module = {PyModuleDef_HEAD_INIT, "_lane", NULL, -
 PyMODINIT_FUNC PyInit__lane(void) {
     init_classes();
     rng_seed();
+    pthread_atfork(NULL, NULL, rng_after_fork);
     if (PyType_Ready(&PoolType) < 0 || PyType_Ready(&UpstreamType) < 0) return NULL;
 #define STR(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     STR(S_write, "write"); STR(S_close, "close"); STR(S_is_closing, "is_closing");
