@@ -63,4 +63,5 @@ def test_a_forked_worker_does_not_repeat_its_parents_message_ids() -> None:
     child = os.read(read, 4096).decode()
     parent = "".join(_lane.message_id() for _ in range(50))
     assert len(child) == len(parent) == 50 * 36
-    assert not {child[i:i + 36] for i in range(0, len(child), 36)} & {parent[i:i + 36] for i in range(0, len(parent), 36)}
+    ids = [{text[i:i + 36] for i in range(0, len(text), 36)} for text in (child, parent)]
+    assert not ids[0] & ids[1]
