@@ -550,8 +550,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._native_hold(data)
             return
         app = self._gateway
+        cycle = self.cycle
+        # Only between messages: a request whose answer is complete may still be sending its body (its bytes are
+        # that body, whatever they look like), so the parser must have seen its end (``more_body`` False).
         if app is not None and not self._in_head and not self._shutting_down and (
-                self.cycle is None or self.cycle.response_complete) and not self.pipeline:
+                cycle is None or (cycle.response_complete and not cycle.more_body)) and not self.pipeline:
             runtime = app.holder._current
             routes = runtime.native if runtime is not None else None
             if routes is not None and app.inflight < runtime.plan.max_inflight:
