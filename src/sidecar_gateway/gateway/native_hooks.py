@@ -14,7 +14,6 @@ other framing, a header its check refuses, an unknown status).
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -22,6 +21,7 @@ from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..errors import BackendFailure, ErrorCode
 from .app import GatewayApp
+from .protocol import _HEAD_LINES  # the Python lane's check of an encoded header block
 from .responses import render_error
 from .runtime import EndpointRuntime
 
@@ -33,8 +33,6 @@ MEMO_BODY_MAX = 4096
 ``interpret_output`` reads the clock only for §9.1 cache hints, and a verdict with one is never answered here
 (an answer mentioning ``cache`` is not even remembered).  So the same answer is decided once and remembered."""
 
-# protocol._HEAD_LINES: the Python lane's check of an encoded header block
-_HEAD_LINES = re.compile(rb'(?:[^\x00-\x1f\x7f()<>@,;:\[\]={} \t\\"]*: [^\x00-\x08\x0a-\x1f\x7f]*\r\n)*')
 _FRAMING = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 
 

@@ -38,7 +38,6 @@ static PyObject *S_native_handover, *S_timeout, *S_failure, *S__native;
 static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
     *S_get_status_code, *S_should_keep_alive, *S_get_http_version, *S_native_done,
     *S_get_write_buffer_size, *S_HTTP10, *S_GET, *S_HEAD;
-static unsigned long long served_total;   /* calls taken by serve() */
 
 #define MAX_NATIVE_HEAD 16384      /* a larger request head goes to the Python lane (its limits answer it) */
 #define MAX_REQ_FIELDS 100
@@ -293,7 +292,6 @@ struct UpstreamObject {
     PyObject *transport;
     PyObject *parser;
     int state;
-    int requests;
     double idle_since, idle_limit;
     /* the call */
     PyObject *client;            /* the client protocol (lane glue in protocol.py) */
@@ -481,11 +479,24 @@ static int start_exchange(UpstreamObject *u, PyObject *data, int role) {
     reset_exchange(u);
     u->role = role;
     u->state = U_AWAIT_HEAD;
-    u->requests++;
     link_inflight(u);
     PyObject *r = PyObject_CallMethodOneArg(u->transport, S_write, data);
     if (r) Py_DECREF(r); else PyErr_WriteUnraisable(u->transport);
     return 0;
+}
+
+/* The call moves from ``src`` (done with it) to ``dst``, which then starts its exchange; the client protocol's
+ * handle on its call follows (``client_lost``, ``resume``, ``close_after``). */
+static void move_call(UpstreamObject *dst, UpstreamObject *src) {
+#define MOVE(field) Py_XSETREF(dst->field, src->field); src->field = NULL
+    MOVE(client); MOVE(client_transport); MOVE(endpoint); MOVE(request); MOVE(wire); MOVE(method); MOVE(path);
+    MOVE(mid);
+#undef MOVE
+    dst->t0 = src->t0; dst->is_head = src->is_head; dst->close_after = src->close_after;
+    dst->f_elapsed = src->f_elapsed;
+    unlink_inflight(src);
+    if (dst->client && PyObject_SetAttr(dst->client, S__native, (PyObject *)dst) < 0)
+        PyErr_WriteUnraisable(dst->client);
 }
 
 /* The pre-processor's call is decided in Python (anything but a plain allow, a failure, a timeout, or no pooled
@@ -514,19 +525,13 @@ static void function_failed(UpstreamObject *u, PyObject *kind, const char *detai
     Py_XDECREF(result);
 }
 
-static int empty_or_braces(const char *s, Py_ssize_t n) {
+/* The answer's body is ``{}`` within JSON whitespace (RFC 8259 §2), or, when ``empty_ok``, only whitespace: the
+ * http stack reads an empty 200 as ``{}`` (§8.1); aws-lambda does not (§7.2). */
+static int json_braces(const char *s, Py_ssize_t n, int empty_ok) {
     Py_ssize_t a = 0, b = n;
     while (a < b && (s[a] == ' ' || s[a] == '\t' || s[a] == '\r' || s[a] == '\n')) a++;
     while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t' || s[b - 1] == '\r' || s[b - 1] == '\n')) b--;
-    return a == b || (b - a == 2 && s[a] == '{' && s[a + 1] == '}');
-}
-
-/* aws-lambda (§7.2): only an output of exactly ``{}`` (JSON whitespace around it) is a plain allow */
-static int braces(const char *s, Py_ssize_t n) {
-    Py_ssize_t a = 0, b = n;
-    while (a < b && (s[a] == ' ' || s[a] == '\t' || s[a] == '\r' || s[a] == '\n')) a++;
-    while (b > a && (s[b - 1] == ' ' || s[b - 1] == '\t' || s[b - 1] == '\r' || s[b - 1] == '\n')) b--;
-    return b - a == 2 && s[a] == '{' && s[a + 1] == '}';
+    return (empty_ok && a == b) || (b - a == 2 && s[a] == '{' && s[a + 1] == '}');
 }
 
 enum { EP_FUNC_POOL, EP_FUNC_TEMPLATE, EP_FUNC_MIDS, EP_FUNC_DEADLINE, EP_FUNC_PROCESSOR, EP_FUNC_NAMES,
@@ -549,34 +554,23 @@ static void function_done(UpstreamObject *u) {
     if (!body) { PyErr_WriteUnraisable((PyObject *)u); function_failed(u, S_failure, "native lane: out of memory"); return; }
     int reusable = u->state == U_DONE && u->keep_alive && u->body_size < READ_CAP;
     int lambda = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, 11 /* EP_FUNC */), EP_FUNC_LAMBDA));
-    int allow = !u->function_error && (
-        lambda ? (u->status == 200 && PyBytes_GET_SIZE(body) > 0 && braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)))
-               : (u->status == 204 || (u->status == 200 && empty_or_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body)))));
+    int allow = !u->function_error && ((!lambda && u->status == 204) ||
+        (u->status == 200 && json_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), !lambda)));
     if (allow && u->client && !u->client_gone) {
         PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, 5 /* EP_POOL */);
         UpstreamObject *b = pool_take(bp, now);
         if (b) {
-            unlink_inflight(u);
-#define MOVE(field) Py_XSETREF(b->field, u->field); u->field = NULL
-            MOVE(client); MOVE(client_transport); MOVE(endpoint); MOVE(request); MOVE(wire); MOVE(method);
-            MOVE(path); MOVE(mid);
-#undef MOVE
-            b->t0 = u->t0;
-            b->is_head = u->is_head;
+            u->f_elapsed = f_elapsed;
+            move_call(b, u);
             b->retried = 0;
             double endpoint_deadline = b->t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(b->endpoint, 8 /* EP_TIMEOUT */));
             b->deadline = endpoint_deadline > now + 0.001 ? endpoint_deadline : now + 0.001;
-            int close_after = u->close_after;
             release(u, reusable);
-            /* the client protocol's handle on its call follows the call (client_lost, resume, close_after) */
-            if (PyObject_SetAttr(b->client, S__native, (PyObject *)b) < 0) PyErr_WriteUnraisable(b->client);
             if (start_exchange(b, b->wire, R_BACKEND) < 0) {
                 PyErr_WriteUnraisable((PyObject *)b);
                 b->state = U_AWAIT_HEAD;
                 fail_before_head(b, E_UNAVAILABLE);
             } else {
-                b->close_after = close_after;
-                b->f_elapsed = f_elapsed;
                 b->t_up = now_s();
             }
             Py_DECREF(b);
@@ -1060,39 +1054,27 @@ static PyObject *Upstream_close_after(UpstreamObject *u, PyObject *unused) {
     return PyBool_FromLong(u->close_after);
 }
 
-/* handover(fresh): the retry's connection is up; the call moves to it and the request is written again.
- * Returns the client protocol (which now holds ``fresh`` as its call), or None when the call ended meanwhile
- * (``fresh`` stays in the pool). */
+/* handover(fresh): the retry's connection is up; the call moves to it and the request is written again.  False
+ * when the call ended meanwhile (``fresh`` stays in the pool as a spare connection). */
 static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
     if (Py_TYPE(arg) != &UpstreamType) { PyErr_SetString(PyExc_TypeError, "handover(Upstream)"); return NULL; }
     UpstreamObject *f = (UpstreamObject *)arg;
-    if (u->state != U_RETRY || !u->client || f->state != U_IDLE || !f->transport) Py_RETURN_NONE;
-    PyObject *parser = PyObject_CallOneArg(ResponseParser, (PyObject *)f);
-    PyObject *headers = parser ? PyList_New(0) : NULL;
-    if (!headers) { Py_XDECREF(parser); return NULL; }
+    if (u->state != U_RETRY || !u->client || f->state != U_IDLE || !f->transport) Py_RETURN_FALSE;
     pool_remove(f);
     clear_call(f);
-    f->parser = parser; f->headers = headers;
-#define MOVE(field) f->field = u->field; u->field = NULL
-    MOVE(client); MOVE(client_transport); MOVE(endpoint); MOVE(request); MOVE(wire); MOVE(method); MOVE(path);
-    MOVE(mid);
-#undef MOVE
-    f->t0 = u->t0; f->deadline = u->deadline; f->up_elapsed = -1; f->is_head = u->is_head;
-    f->close_after = u->close_after; f->f_elapsed = u->f_elapsed; f->t_up = now_s(); f->role = R_BACKEND;
-    f->function_error = 0; f->body_size = 0;
-    f->status = 0; f->interim = 0; f->framing_hint = F_UNTIL_CLOSE; f->framing = F_NONE; f->keep_alive = 0;
-    f->conn_close = 0; f->conn_keepalive = 0; f->head_bytes = 0; f->head_raw = 0; f->resp_started = 0;
-    f->head_written = 0; f->chunked_out = 0; f->client_gone = 0; f->read_paused = 0; f->error = E_NONE;
+    move_call(f, u);
+    f->deadline = u->deadline;
     f->retried = 1;
-    f->state = U_AWAIT_HEAD;
-    f->requests++;
-    unlink_inflight(u);
     u->state = U_CLOSED;
     clear_call(u);
-    link_inflight(f);
-    PyObject *r = PyObject_CallMethodOneArg(f->transport, S_write, f->wire);
-    if (r) Py_DECREF(r); else PyErr_WriteUnraisable(f->transport);
-    return Py_NewRef(f->client);
+    if (start_exchange(f, f->wire, R_BACKEND) < 0) {
+        PyErr_WriteUnraisable((PyObject *)f);
+        f->state = U_AWAIT_HEAD;
+        fail_before_head(f, E_UNAVAILABLE);
+    } else {
+        f->t_up = now_s();
+    }
+    Py_RETURN_TRUE;
 }
 
 /* give_up(): the retry's connection could not be opened: 502 (the Python lane's ConnectError). */
@@ -1146,11 +1128,6 @@ static void Upstream_dealloc(UpstreamObject *u) {
     Py_TYPE(u)->tp_free((PyObject *)u);
 }
 
-static PyObject *Upstream_get_state(UpstreamObject *u, void *c) {
-    static const char *names[] = {"connecting", "idle", "await_head", "body", "done", "closed", "retry"};
-    return PyUnicode_FromString(names[u->state]);
-}
-
 static PyMethodDef Upstream_methods[] = {
     {"on_header", (PyCFunction)(void (*)(void))Upstream_on_header, METH_FASTCALL, NULL},
     {"on_headers_complete", (PyCFunction)Upstream_on_headers_complete, METH_NOARGS, NULL},
@@ -1168,20 +1145,17 @@ static PyMethodDef Upstream_methods[] = {
     {"close_after", (PyCFunction)Upstream_close_after, METH_NOARGS,
      "Graceful shutdown: answer with Connection: close if the head is not written yet; True if so."},
     {"expired", (PyCFunction)Upstream_expired, METH_NOARGS, "Idle past its idle limit."},
-    {"handover", (PyCFunction)Upstream_handover, METH_O, "Move a call waiting for a retry to this fresh connection."},
+    {"handover", (PyCFunction)Upstream_handover, METH_O,
+     "Move a call waiting for a retry to this fresh connection; False when the call ended meanwhile."},
     {"give_up", (PyCFunction)Upstream_give_up, METH_NOARGS, "The retry's connection failed: answer 502."},
     {"close", (PyCFunction)Upstream_close, METH_NOARGS, NULL},
     {NULL}
 };
 
 static PyMemberDef Upstream_members[] = {
-    {"requests", T_INT, offsetof(UpstreamObject, requests), READONLY, NULL},
-    {"status", T_INT, offsetof(UpstreamObject, status), READONLY, NULL},
     {"pool", T_OBJECT, offsetof(UpstreamObject, pool), READONLY, NULL},
     {NULL}
 };
-
-static PyGetSetDef Upstream_getset[] = {{"state", (getter)Upstream_get_state, NULL, NULL, NULL}, {NULL}};
 
 static PyTypeObject UpstreamType = {
     PyVarObject_HEAD_INIT(NULL, 0)
@@ -1196,7 +1170,6 @@ static PyTypeObject UpstreamType = {
     .tp_clear = (inquiry)Upstream_clear,
     .tp_methods = Upstream_methods,
     .tp_members = Upstream_members,
-    .tp_getset = Upstream_getset,
 };
 
 /* ------------------------------------------------------------------------------------------ Pool type */
@@ -1557,7 +1530,6 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     u->is_head = is_head;
     u->close_after = 0;
     u->retried = 0;
-    served_total++;
     int rc = start_exchange(u, first, func_names ? R_FUNCTION : R_BACKEND);
     Py_DECREF(first);
     if (rc < 0) {
@@ -1656,14 +1628,6 @@ static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
-static PyObject *lane_inflight(PyObject *mod, PyObject *unused) {
-    long count = 0;
-    for (UpstreamObject *u = inflight.next; u != &inflight; u = u->next) count++;
-    return PyLong_FromLong(count);
-}
-
-static PyObject *lane_served(PyObject *mod, PyObject *unused) { return PyLong_FromUnsignedLongLong(served_total); }
-
 static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
     char mid[36];
     message_id(mid);
@@ -1686,8 +1650,6 @@ static PyMethodDef lane_methods[] = {
     {"sweep", (PyCFunction)lane_sweep, METH_NOARGS, "Answer 504 for calls past their deadline."},
     {"format_record", (PyCFunction)(void (*)(void))lane_format_record, METH_FASTCALL,
      "format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes"},
-    {"inflight", (PyCFunction)lane_inflight, METH_NOARGS, "Calls in progress."},
-    {"served", (PyCFunction)lane_served, METH_NOARGS, "Calls taken by serve() in this process."},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
     {"sha256_hex", (PyCFunction)lane_sha256_hex, METH_O, "Hex SHA-256 (the signer's, for tests)."},
     {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm)"},

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from typing import Any
 
 import httptools
@@ -34,8 +35,7 @@ try:
 except ImportError:  # built without a C compiler: the Python lane serves everything
     _lane = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "ENV", "Recorder", "Upstream", "build_routes", "close_pools", "enabled", "serve", "served",
-           "warm"]
+__all__ = ["AVAILABLE", "ENV", "Recorder", "Upstream", "build_routes", "close_pools", "enabled", "serve", "warm"]
 
 AVAILABLE = _lane is not None
 ENV = "SIDECAR_GATEWAY_NATIVE"
@@ -49,36 +49,23 @@ CONNECT_TIMEOUT_S = 10.0  # http11.CONNECT_TIMEOUT_S
 E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID, E_TERMINATED = 1, 2, 3, 4, 5, 6
 
 _pools: dict[tuple[str, int], Any] = {}  # (host, port) -> _lane.Pool, for the whole worker (survives reloads)
-_connecting: set[asyncio.Task[None]] = set()  # warm-up tasks (a reference each, or the loop may drop them)
+_connecting: set[asyncio.Task[None]] = set()  # connection tasks (warm-ups and retries)
 _sweeper: asyncio.TimerHandle | None = None
 _ticks = 0
-
 
 
 def _retry(upstream: Any) -> None:
     """``_lane.c``: a pooled connection broke before any response byte; open a fresh one for the call (once, same
     message id, within the call's deadline: fastpool.py's stale-connection rule)."""
-    loop = asyncio.get_running_loop()
-    task = loop.create_task(_reconnect(upstream))
-    _connecting.add(task)
-    task.add_done_callback(_connecting.discard)
+    _start(_reconnect(upstream))
 
 
 async def _reconnect(upstream: Any) -> None:
-    pool = upstream.pool
-    host, port = pool.origin
-    loop = asyncio.get_running_loop()
-    try:
-        _, fresh = await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port),
-                                          CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
+    fresh = await _open(upstream.pool)
+    if fresh is None:
         upstream.give_up()
-        return
-    client = upstream.handover(fresh)
-    if client is not None:
-        client._native = fresh
-
+    else:
+        upstream.handover(fresh)  # False: the call ended meanwhile, ``fresh`` stays in the pool
 
 
 _ERROR_NAMES = {
@@ -94,11 +81,6 @@ _EVENTS = {
 
 def enabled() -> bool:
     return AVAILABLE and os.environ.get(ENV, "1") != "0"
-
-
-def served() -> int:
-    """Calls the native lane has taken in this process."""
-    return _lane.served() if _lane is not None else 0
 
 
 PLACEHOLDER = "ffffffff-ffff-4fff-bfff-ffffffffffff"  # where the message id goes in a function call's template
@@ -125,8 +107,7 @@ def _function_entry(processor: Any, endpoint: Any, decide: Any) -> tuple[Any, ..
     url, template, refresh, cache_prefix = made
     mids: tuple[int, ...] = ()
     if template is not None:
-        mark = PLACEHOLDER.encode()
-        mids = tuple(i for i in range(len(template)) if template.startswith(mark, i))
+        mids = tuple(m.start() for m in re.finditer(re.escape(PLACEHOLDER.encode()), template))
         if not mids:
             return None
     host_port = url.split("://", 1)[1].split("/", 1)[0]
@@ -216,20 +197,34 @@ def warm(pool: Any) -> None:
     loop = asyncio.get_running_loop()
     _ensure_sweeper(loop)
     pool.connecting += 1
-    task = loop.create_task(_connect(pool))
-    _connecting.add(task)
-    task.add_done_callback(_connecting.discard)
+    _start(_connect(pool))
 
 
 async def _connect(pool: Any) -> None:
+    try:
+        await _open(pool)  # connected: the connection put itself in the pool (``Upstream.connection_made``)
+    finally:
+        pool.connecting -= 1
+
+
+async def _open(pool: Any) -> Any:
+    """A new connection of ``pool`` (idle, in the pool), or None when it could not be opened: the Python lane
+    keeps serving, and its client reports the backend."""
     host, port = pool.origin
     loop = asyncio.get_running_loop()
     try:
-        await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port), CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:  # the Python lane keeps serving; its client reports the backend
+        _, upstream = await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port),
+                                             CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
         log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
-    finally:
-        pool.connecting -= 1
+        return None
+    return upstream
+
+
+def _start(coro: Any) -> None:
+    task = asyncio.get_running_loop().create_task(coro)
+    _connecting.add(task)  # a reference each, or the loop may drop them
+    task.add_done_callback(_connecting.discard)
 
 
 def _ensure_sweeper(loop: asyncio.AbstractEventLoop) -> None:

@@ -188,33 +188,34 @@ class HttpTransport:
             raise InvocationError(ErrorCode.CONNECTION_FAILURE, str(exc)) from exc
 
     async def _classify(self, resp: HttpResponse, invocation_type: InvocationType) -> InvokeResult:
-        status = resp.status
         function_error = _header(resp.headers, _FUNCTION_ERROR_HEADER)
-        if function_error is not None:  # checked first (§8.1)
-            body = await _read_capped(resp)
-            return InvokeResult(ResultKind.FUNCTION_ERROR, body, function_error.decode("latin-1"))
-        if invocation_type is InvocationType.EVENT and status in _EVENT_ACCEPTED_STATUSES:
+        if function_error is not None or (resp.status == _STATUS_OK and invocation_type is not InvocationType.EVENT):
+            body = await _read_capped(resp)  # the answer is in the body (a document or the output)
+        else:
             await _discard(resp)
-            return InvokeResult.accepted()
-        if status == _STATUS_ACCEPTED:
-            await _discard(resp)
-            return InvokeResult.accepted()
-        if status == _STATUS_NO_CONTENT:
-            await _discard(resp)
-            return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
-        if status == _STATUS_OK:
-            body = await _read_capped(resp)
-            if not body.strip(_JSON_WHITESPACE):
-                return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
-            return InvokeResult(ResultKind.OUTPUT, body)
-        await _discard(resp)
-        raise InvocationError(ErrorCode.UNEXPECTED_STATUS, f"status {status}")
+            body = b""
+        return _outcome(resp.status, function_error, body, invocation_type)
 
     async def aclose(self) -> None:
         """Nothing to do: the ``HttpClient`` is shared and closed by its owner."""
 
     def __repr__(self) -> str:
         return f"<HttpTransport url={self._url!r}>"
+
+
+def _outcome(status: int, function_error: bytes | None, body: bytes, invocation_type: InvocationType) -> InvokeResult:
+    """The §8.1 table (module docstring) for an answer whose body is read (or ignored, as the table says)."""
+    if function_error is not None:  # checked first (§8.1)
+        return InvokeResult(ResultKind.FUNCTION_ERROR, body, function_error.decode("latin-1"))
+    if (invocation_type is InvocationType.EVENT and status in _EVENT_ACCEPTED_STATUSES) or status == _STATUS_ACCEPTED:
+        return InvokeResult.accepted()
+    if status == _STATUS_NO_CONTENT:
+        return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
+    if status == _STATUS_OK:
+        if not body.strip(_JSON_WHITESPACE):
+            return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
+        return InvokeResult(ResultKind.OUTPUT, body)
+    raise InvocationError(ErrorCode.UNEXPECTED_STATUS, f"status {status}")
 
 
 def _injected(result: tuple[Any, ...], invocation_type: InvocationType) -> InvokeResult:
@@ -225,18 +226,8 @@ def _injected(result: tuple[Any, ...], invocation_type: InvocationType) -> Invok
     if kind == "failure":
         raise InvocationError(ErrorCode.CONNECTION_FAILURE, result[1])
     _, status, headers, body, has_function_error = result
-    if has_function_error:
-        value = _header(headers, _FUNCTION_ERROR_HEADER) or b""
-        return InvokeResult(ResultKind.FUNCTION_ERROR, body, value.decode("latin-1"))
-    if (invocation_type is InvocationType.EVENT and status in _EVENT_ACCEPTED_STATUSES) or status == _STATUS_ACCEPTED:
-        return InvokeResult.accepted()
-    if status == _STATUS_NO_CONTENT:
-        return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
-    if status == _STATUS_OK:
-        if not body.strip(_JSON_WHITESPACE):
-            return InvokeResult(ResultKind.OUTPUT, _EMPTY_OUTPUT)
-        return InvokeResult(ResultKind.OUTPUT, body)
-    raise InvocationError(ErrorCode.UNEXPECTED_STATUS, f"status {status}")
+    function_error = (_header(headers, _FUNCTION_ERROR_HEADER) or b"") if has_function_error else None
+    return _outcome(status, function_error, body, invocation_type)
 
 
 def inject(message_id: str, result: tuple[Any, ...]) -> None:
