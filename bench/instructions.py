@@ -12,7 +12,8 @@ worth less than that (performance.md).  This tool counts instructions instead: t
 Only user space is counted (the kernel's socket work is not), and an instruction is not a nanosecond, so this is a
 ruler for changes to the gateway's own code — A/B two source trees with ``--src`` (the first is the baseline; a
 tree is a directory holding the ``sidecar_gateway`` package, e.g. ``src`` of a ``git worktree``) — not a
-replacement for ``run.py``.  Valgrind slows the gateway ~50×: start-up takes about a minute per tree.
+replacement for ``run.py``.  ``INSTRUCTIONS_KEEP=DIR`` keeps each scenario's dump there for
+``callgrind_annotate`` (where the instructions go).  Valgrind slows the gateway ~50×: start-up takes about a minute per tree.
 
 ``--floor`` also counts the featureless Python proxy of the benchmark (``floor_proxy.py``, in-process) on the
 scenarios it serves (S1, S2, S6) — the same ruler for "what any CPython request cycle costs"; ``--floor SCRIPT``
@@ -132,6 +133,11 @@ def _count(label: str, pid: int, out_dir: Path, port: int, work: dict[str, tuple
         send(port, request, requests, expected)
         _control("-d", key, str(pid))
         result[key] = _dumped_ir(out_dir, pid, before) / requests
+        keep = os.environ.get("INSTRUCTIONS_KEEP")
+        if keep:  # the dumps themselves, for callgrind_annotate (where the instructions go)
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            for path in set(out_dir.glob(f"cg.{pid}.*")) - before:
+                shutil.copy(path, Path(keep) / f"{label.replace('/', '_')}.{key}.{path.name}")
         print(f"[instructions] {label}: {key} {result[key]:,.0f} per request", file=sys.stderr, flush=True)
     return result
 

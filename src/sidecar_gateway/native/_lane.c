@@ -469,10 +469,9 @@ static void reset_exchange(UpstreamObject *u) {
 
 /* Write ``data`` as a new exchange on ``u`` (idle, or just taken from its pool). */
 static int start_exchange(UpstreamObject *u, PyObject *data, int role) {
-    PyObject *parser = PyObject_CallOneArg(ResponseParser, (PyObject *)u);
-    PyObject *headers = parser ? PyList_New(0) : NULL;
-    if (!headers) { Py_XDECREF(parser); return -1; }
-    Py_XSETREF(u->parser, parser);
+    PyObject *headers = PyList_New(0);  /* the parser is made when a read needs it (fast_response) */
+    if (!headers) return -1;
+    Py_CLEAR(u->parser);
     Py_XSETREF(u->headers, headers);
     Py_CLEAR(u->body);
     Py_CLEAR(u->out);
@@ -713,25 +712,20 @@ static PyObject *parse_abort(void) {
     return NULL;
 }
 
-static PyObject *Upstream_on_header(UpstreamObject *u, PyObject *const *args, Py_ssize_t nargs) {
-    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "on_header(name, value)"); return NULL; }
-    if (u->state != U_AWAIT_HEAD) Py_RETURN_NONE;
-    PyObject *name = args[0], *value = args[1];
-    if (!PyBytes_Check(name) || !PyBytes_Check(value)) return parse_abort();
-    Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
-    u->head_bytes += (int)(nl + vl + 4);
-    if (PyList_GET_SIZE(u->headers) >= MAX_RESP_FIELDS || u->head_bytes > MAX_RESP_HEAD) return parse_abort();
+/* One response field: appended to u->headers as (lower-cased name, value), and what it says of the framing and
+ * the connection.  0, or -1 with an exception set. */
+static int add_header(UpstreamObject *u, const char *s, Py_ssize_t nl, PyObject *value) {
+    Py_ssize_t vl = PyBytes_GET_SIZE(value);
     PyObject *lname = PyBytes_FromStringAndSize(NULL, nl);
-    if (!lname) return NULL;
+    if (!lname) return -1;
     char *d = PyBytes_AS_STRING(lname);
-    const char *s = PyBytes_AS_STRING(name);
     for (Py_ssize_t i = 0; i < nl; i++) d[i] = (char)lower((unsigned char)s[i]);
     PyObject *item = PyTuple_Pack(2, lname, value);
     Py_DECREF(lname);
-    if (!item) return NULL;
+    if (!item) return -1;
     int rc = PyList_Append(u->headers, item);
     Py_DECREF(item);
-    if (rc < 0) return NULL;
+    if (rc < 0) return -1;
     const char *v = PyBytes_AS_STRING(value);
     if (nl == 14 && memcmp(d, "content-length", 14) == 0) {
         u->framing_hint = F_LENGTH;
@@ -764,13 +758,26 @@ static PyObject *Upstream_on_header(UpstreamObject *u, PyObject *const *args, Py
             break;
         }
     }
-    Py_RETURN_NONE;
+    return 0;
+}
+
+static PyObject *Upstream_on_header(UpstreamObject *u, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 2) { PyErr_SetString(PyExc_TypeError, "on_header(name, value)"); return NULL; }
+    if (u->state != U_AWAIT_HEAD) Py_RETURN_NONE;
+    PyObject *name = args[0], *value = args[1];
+    if (!PyBytes_Check(name) || !PyBytes_Check(value)) return parse_abort();
+    Py_ssize_t nl = PyBytes_GET_SIZE(name), vl = PyBytes_GET_SIZE(value);
+    u->head_bytes += (int)(nl + vl + 4);
+    if (PyList_GET_SIZE(u->headers) >= MAX_RESP_FIELDS || u->head_bytes > MAX_RESP_HEAD) return parse_abort();
+    return add_header(u, PyBytes_AS_STRING(name), nl, value) < 0 ? NULL : Py_NewRef(Py_None);
 }
 
 static int out_append(UpstreamObject *u, PyObject *data) {
     if (!u->out) { u->out = PyList_New(0); if (!u->out) return -1; }
     return PyList_Append(u->out, data);
 }
+
+static PyObject *head_complete(UpstreamObject *u, int status, int keep_alive);
 
 static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unused) {
     if (u->state != U_AWAIT_HEAD) { u->keep_alive = 0; Py_RETURN_NONE; }
@@ -786,7 +793,6 @@ static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unuse
         u->conn_close = u->conn_keepalive = 0;
         Py_RETURN_NONE;
     }
-    u->status = status;
     int keep_alive;
     if (u->conn_close) keep_alive = 0;
     else {
@@ -804,6 +810,12 @@ static PyObject *Upstream_on_headers_complete(UpstreamObject *u, PyObject *unuse
             Py_DECREF(r);
         }
     }
+    return head_complete(u, status, keep_alive);
+}
+
+/* A final response head (status >= 200) is complete: its framing, and for the backend the client's head. */
+static PyObject *head_complete(UpstreamObject *u, int status, int keep_alive) {
+    u->status = status;
     int framing;
     if ((u->is_head && u->role == R_BACKEND) || status == 204 || status == 304) framing = F_NONE;  /* the
         function's call is a POST whatever the client's method */
@@ -881,6 +893,93 @@ static PyObject *Upstream_on_message_complete(UpstreamObject *u, PyObject *unuse
     Py_RETURN_NONE;
 }
 
+/* -- the whole response in one read, without httptools -- */
+
+/* The common answer of a backend or a function on a keep-alive connection: a strict head (``HTTP/1.0`` or
+ * ``HTTP/1.1``, a 3-digit final status, token names, visible-ASCII values without trailing blanks, at most one
+ * Content-Length of digits and no Transfer-Encoding or Upgrade) and exactly the body it announces, all in this
+ * one read.  Such a response is taken here, through the very callbacks httptools would call (``add_header``,
+ * ``head_complete``, ``on_body``, ``on_message_complete``) and with the keep-alive rule llhttp applies to it.
+ * Anything else — a partial or pipelined read, an interim or close-delimited answer, chunking, obs-text, an
+ * empty or oddly spaced value — returns 0 before any change, and httptools (llhttp) parses it as it always did.
+ * 1: taken; -1: the callbacks rejected it (exception set, as feed_data would have raised). */
+static int fast_response(UpstreamObject *u, PyObject *data) {
+    const char *s = PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+    if (n < 17 || memcmp(s, "HTTP/1.", 7) != 0 || (s[7] != '0' && s[7] != '1') || s[8] != ' ' ||
+        !isdigit((unsigned char)s[9]) || !isdigit((unsigned char)s[10]) || !isdigit((unsigned char)s[11]) ||
+        s[12] != ' ')
+        return 0;
+    int status = (s[9] - '0') * 100 + (s[10] - '0') * 10 + (s[11] - '0');
+    if (status < 200) return 0;
+    Py_ssize_t i = 13;
+    while (i < n && RVAL[(unsigned char)s[i]]) i++;
+    if (i + 1 >= n || s[i] != '\r' || s[i + 1] != '\n') return 0;
+    i += 2;
+    Py_ssize_t fields[MAX_RESP_FIELDS][4];  /* name offset, name length, value offset, value length */
+    int count = 0, head_bytes = 0, conn = 0;
+    long long length = -1;
+    for (;;) {
+        if (i + 1 >= n) return 0;
+        if (s[i] == '\r' && s[i + 1] == '\n') { i += 2; break; }
+        if (count >= MAX_RESP_FIELDS) return 0;
+        Py_ssize_t n0 = i;
+        while (i < n && TCHAR[(unsigned char)s[i]]) i++;
+        if (i == n0 || i >= n || s[i] != ':') return 0;
+        Py_ssize_t nl = i - n0;
+        i++;
+        while (i < n && (s[i] == ' ' || s[i] == '\t')) i++;
+        Py_ssize_t v0 = i;
+        while (i < n && RVAL[(unsigned char)s[i]]) i++;
+        Py_ssize_t vl = i - v0;
+        if (!vl || s[i - 1] == ' ' || s[i - 1] == '\t' || i + 1 >= n || s[i] != '\r' || s[i + 1] != '\n') return 0;
+        i += 2;
+        head_bytes += (int)(nl + vl + 4);
+        if (head_bytes > MAX_RESP_HEAD) return 0;
+        const char *name = s + n0, *v = s + v0;
+        if (nl == 14 && ieq(name, 14, "content-length")) {
+            if (length >= 0 || vl > 15) return 0;
+            length = 0;
+            for (Py_ssize_t j = 0; j < vl; j++) {
+                if (!isdigit((unsigned char)v[j])) return 0;
+                length = length * 10 + (v[j] - '0');
+            }
+        } else if ((nl == 17 && ieq(name, 17, "transfer-encoding")) || (nl == 7 && ieq(name, 7, "upgrade"))) {
+            return 0;
+        } else if (nl == 10 && ieq(name, 10, "connection")) {
+            conn = 1;
+        }
+        fields[count][0] = n0; fields[count][1] = nl; fields[count][2] = v0; fields[count][3] = vl;
+        count++;
+    }
+    Py_ssize_t body = n - i;
+    int bodiless = (u->is_head && u->role == R_BACKEND) || status == 204 || status == 304;
+    if (bodiless ? body != 0 : (length < 0 || body != length)) return 0;
+    if (conn && s[7] == '0') return 0;  /* HTTP/1.0 with Connection: llhttp's own keep-alive reading decides */
+    for (int k = 0; k < count; k++) {
+        PyObject *value = PyBytes_FromStringAndSize(s + fields[k][2], fields[k][3]);
+        int rc = value ? add_header(u, s + fields[k][0], fields[k][1], value) : -1;
+        Py_XDECREF(value);
+        if (rc < 0) return -1;
+    }
+    u->head_bytes = head_bytes;
+    /* llhttp_should_keep_alive for such a head: HTTP/1.1 unless Connection: close; HTTP/1.0 never here */
+    PyObject *r = head_complete(u, status, u->conn_close ? 0 : (u->conn_keepalive || s[7] == '1'));
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (body) {
+        PyObject *piece = PyBytes_FromStringAndSize(s + i, body);
+        r = piece ? Upstream_on_body(u, piece) : NULL;
+        Py_XDECREF(piece);
+        if (!r) return -1;
+        Py_DECREF(r);
+    }
+    r = Upstream_on_message_complete(u, NULL);
+    if (!r) return -1;
+    Py_DECREF(r);
+    return 1;
+}
+
 /* -- asyncio protocol -- */
 
 static PyObject *Upstream_connection_made(UpstreamObject *u, PyObject *transport) {
@@ -915,9 +1014,14 @@ static PyObject *Upstream_data_received(UpstreamObject *u, PyObject *data) {
     if (state == U_IDLE) { upstream_close(u); Py_RETURN_NONE; }  /* unsolicited bytes (RFC 9112 §9.3.2) */
     if (state == U_DONE) { u->keep_alive = 0; Py_RETURN_NONE; }
     if (state != U_AWAIT_HEAD && state != U_BODY) Py_RETURN_NONE;
+    int first = !u->resp_started;
     u->resp_started = 1;
     Py_INCREF(u);
-    PyObject *r = PyObject_CallMethodOneArg(u->parser, S_feed_data, data);
+    int fast = first && state == U_AWAIT_HEAD && PyBytes_Check(data) ? fast_response(u, data) : 0;
+    PyObject *r;
+    if (fast) r = fast > 0 ? Py_NewRef(Py_None) : NULL;
+    else if (!u->parser && !(u->parser = PyObject_CallOneArg(ResponseParser, (PyObject *)u))) r = NULL;
+    else r = PyObject_CallMethodOneArg(u->parser, S_feed_data, data);
     if (u->role == R_FUNCTION) {
         if (!r) {
             PyErr_Clear();
@@ -1554,12 +1658,31 @@ error:
 
 /* ``thousandths(x)`` as ``repr`` prints it (observability/logs.py): k = int(x * 1000 + 0.5), then k / 1000 in its
  * shortest form — the decimal with trailing zeros dropped ("1.0", "0.96", "1795674160.7"). */
+/* ``x`` rounded to thousandths, printed as orjson prints such a float: at least one decimal, no trailing zeros
+ * (``12.5``, ``3.0``, ``0.125``).  Durations and timestamps are never negative (clamped to 0). */
 static int put_thousandths(Buf *b, double x) {
-    long long k = (long long)(x * 1000 + 0.5);
-    char tmp[40];
-    int n = snprintf(tmp, sizeof tmp, "%lld.%03lld", k / 1000, k % 1000);
-    while (n > 0 && tmp[n - 1] == '0' && tmp[n - 2] != '.') n--;
+    long long k = x > 0 ? (long long)(x * 1000 + 0.5) : 0;
+    char tmp[32];
+    int n = 0, m = 0;
+    char rev[24];
+    long long q = k / 1000;
+    int r = (int)(k % 1000);
+    do { rev[m++] = (char)('0' + q % 10); q /= 10; } while (q);
+    while (m) tmp[n++] = rev[--m];
+    tmp[n++] = '.';
+    tmp[n++] = (char)('0' + r / 100); tmp[n++] = (char)('0' + r / 10 % 10); tmp[n++] = (char)('0' + r % 10);
+    while (tmp[n - 1] == '0' && tmp[n - 2] != '.') n--;
     return buf_put(b, tmp, n);
+}
+
+/* ``v`` (>= 0) in decimal at ``d``: its length */
+static int put_int(char *d, long v) {
+    char rev[24];
+    int m = 0, n = 0;
+    if (v < 0) { d[n++] = '-'; v = -v; }
+    do { rev[m++] = (char)('0' + v % 10); v /= 10; } while (v);
+    while (m) d[n++] = rev[--m];
+    return n;
 }
 
 static int put_str(Buf *b, PyObject *o) {
@@ -1595,7 +1718,7 @@ static PyObject *lane_format_record(PyObject *mod, PyObject *const *args, Py_ssi
         ok = !PyErr_Occurred() && buf_str(&b, ",\"upstream_ms\":") == 0 && put_thousandths(&b, u * 1000) == 0;
     }
     ok = ok && buf_put(&b, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0 &&
-         buf_put(&b, num, snprintf(num, sizeof num, ",\"status\":%ld", status)) == 0 &&
+         buf_str(&b, ",\"status\":") == 0 && buf_put(&b, num, put_int(num, status)) == 0 &&
          buf_str(&b, ",\"duration_ms\":") == 0 && put_thousandths(&b, elapsed * 1000) == 0 &&
          buf_str(&b, ",\"ts\":") == 0 && put_thousandths(&b, now) == 0 && buf_str(&b, "}\n") == 0;
     PyObject *r = ok ? PyBytes_FromStringAndSize(b.p, b.n) : NULL;
