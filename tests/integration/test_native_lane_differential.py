@@ -112,6 +112,20 @@ SCRIPTS: dict[str, bytes] = {
     "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Backend: close\r\nContent-Length: 4\r\n\r\nbye\n",
     "closedelim": b"HTTP/1.1 200 OK\r\nConnection: close\r\nX-Backend: closedelim\r\n\r\nuntil the end\n",
     "malformed": b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
+    # At the edge of the lane's own response reading (``fast_response``: a whole, strict, Content-Length-framed
+    # answer in one read); on either side of it the answer must be the one httptools' reading gives.
+    "http10": b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nten!\n",
+    "http10ka": b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 3\r\n\r\nka\n",
+    "noreason": b"HTTP/1.1 200 \r\nContent-Length: 3\r\n\r\nnr\n",
+    "tabs": _cl(b"HTTP/1.1 200 OK", [b"X-Tab: a\tb", b"X-Colon:a:b", b"X-Lead:\t \tlead"], b"tabs\n"),
+    "obstext": _cl(b"HTTP/1.1 200 OK", [b"X-Obs: caf\xe9"], b"obs\n"),
+    "lead0": b"HTTP/1.1 200 OK\r\nContent-Length: 0004\r\n\r\nl0!\n",
+    "twocl": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\nab\n",
+    "tecl": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    "upgrade200": _cl(b"HTTP/1.1 200 OK", [b"Connection: upgrade", b"Upgrade: h2c", b"X-Kept: yes"], b"up\n"),
+    "fields100": _cl(b"HTTP/1.1 200 OK", [b"X-H%02d: v" % i for i in range(99)], b"100\n"),
+    "fields101": _cl(b"HTTP/1.1 200 OK", [b"X-H%03d: v" % i for i in range(100)], b"101\n"),
+    "ka1": _cl(b"HTTP/1.1 200 OK", [b"Keep-Alive: timeout=1, max=5"], b"ka1\n"),
 }
 DEFAULT = _cl(b"HTTP/1.1 200 OK", [b"Content-Type: text/plain", b"X-Backend: default"], b"default answer\n")
 CLOSES_AFTER = {"close", "closedelim", "malformed"}  # the backend closes the connection after these answers
@@ -152,6 +166,15 @@ class RawBackend(RawServer):
                     await writer.drain()
                     await asyncio.sleep(CHUNK_GAP_S)
                     writer.write(piece)
+            await writer.drain()
+            return True
+        if name == "splitbody":  # the head and the first body bytes, then the rest: no single read holds it all
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\nX-Backend: splitbody\r\n\r\n" +
+                         (b"" if is_head else b"split"))
+            if not is_head:
+                await writer.drain()
+                await asyncio.sleep(CHUNK_GAP_S)
+                writer.write(b"body\n")
             await writer.drain()
             return True
         if name == "big":
@@ -339,6 +362,33 @@ CORPUS: tuple[tuple[Req, ...], ...] = (
         Req("get-connection-close", "GET", "/api/cl", (("Connection", "close"),), lane=FALLBACK),
     ),
     (Req("get-http10", "GET", "/api/cl", (("X-Foo", "bar"),), lane=FALLBACK, version="HTTP/1.0"),),
+    (
+        # backend answers on either side of the lane's own response reading (SCRIPTS, "At the edge ...")
+        Req("edge-warm-up", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-default", "GET", "/api/default", TYPICAL),
+        Req("edge-head-default", "HEAD", "/api/default", TYPICAL),
+        Req("edge-no-reason", "GET", "/api/noreason", TYPICAL),
+        Req("edge-tabs-and-tight-colon", "GET", "/api/tabs", TYPICAL),
+        Req("edge-obs-text-value", "GET", "/api/obstext", TYPICAL),
+        Req("edge-leading-zero-length", "GET", "/api/lead0", TYPICAL),
+        Req("edge-upgrade-on-200", "GET", "/api/upgrade200", TYPICAL),
+        Req("edge-100-fields", "GET", "/api/fields100", TYPICAL),
+        Req("edge-split-body", "GET", "/api/splitbody", TYPICAL),
+        Req("edge-http10-keep-alive", "GET", "/api/http10ka", TYPICAL),
+        # the ones below leave the pool empty (the connection is not reused): the call after each warms it again
+        # Keep-Alive: timeout=1 leaves no time to reuse the connection (a second's margin)
+        Req("edge-keep-alive-timeout", "GET", "/api/ka1", TYPICAL),
+        Req("edge-after-keep-alive-timeout", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-http10", "GET", "/api/http10", TYPICAL),
+        Req("edge-after-http10", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-101-fields", "GET", "/api/fields101", TYPICAL, status=502),
+        Req("edge-after-101-fields", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-two-lengths", "GET", "/api/twocl", TYPICAL, status=502),
+        Req("edge-after-two-lengths", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-chunked-and-length", "GET", "/api/tecl", TYPICAL, status=502),
+        Req("edge-after-chunked-and-length", "GET", "/api/default", TYPICAL, pause_after=0.3),
+        Req("edge-last", "GET", "/api/default", TYPICAL),
+    ),
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -459,7 +509,7 @@ CORPUS += PRE_CORPUS
 PRE_REQS = [r for conn in PRE_CORPUS for r in conn]
 ALL_REQS = [r for conn in CORPUS for r in conn]
 PREVIOUS = {conn[i].id: conn[i - 1].id for conn in CORPUS for i in range(1, len(conn))}
-POOL_EMPTYING = ("/close", "/closedelim", "/reset", "/malformed")  # the backend closes the lane's connection
+POOL_EMPTYING = ("/close", "/closedelim", "/reset", "/malformed", "/http10", "/fields101", "/twocl", "/tecl", "/ka1")  # the backend closes the lane's connection
 
 
 def _warm_native() -> list[str]:
@@ -729,6 +779,34 @@ def test_a_resent_backend_request_keeps_its_message_id_in_both_lanes(lanes) -> N
             assert len(ids) == req.reaches_backend and len(set(ids)) == 1, (run.lane, req.id, ids)
 
 
+# Backend answers after which the connection must not carry another request (HTTP/1.0 without keep-alive, a
+# keep-alive timeout within the reuse margin, rejected framing), and one after which it may.
+NOT_REUSED = ("edge-http10", "edge-keep-alive-timeout", "edge-101-fields", "edge-two-lengths",
+              "edge-chunked-and-length", "get-backend-closes")
+
+
+def _later_conns(run: LaneRun, rid: str) -> set[int]:
+    ids = [r.id for r in ALL_REQS]
+    return {rec.conn for later in ids[ids.index(rid) + 1:] for rec in run.received.get(later, [])}
+
+
+@pytest.mark.parametrize("rid", NOT_REUSED)
+def test_a_backend_connection_is_not_reused_after_an_answer_that_forbids_it_in_both_lanes(lanes, rid: str) -> None:
+    """The keep-alive decision on the backend connection is the same in both lanes: after these answers the
+    connection that carried them carries nothing more."""
+    for run in lanes:
+        conns = {rec.conn for rec in run.received[rid]}
+        assert conns and not conns & _later_conns(run, rid), (run.lane, rid, conns)
+
+
+def test_a_backend_connection_is_reused_after_an_http10_keep_alive_answer_in_the_native_lane(lanes) -> None:
+    """HTTP/1.0 with ``Connection: keep-alive`` keeps the connection: the native lane's next call on the same
+    pool takes it again (the pool holds it alone after the calls before it)."""
+    _, native_run = lanes
+    conns = {rec.conn for rec in native_run.received["edge-http10-keep-alive"]}
+    assert conns & _later_conns(native_run, "edge-http10-keep-alive")
+
+
 def test_keep_alive_serves_every_request_of_a_connection_in_both_lanes(lanes) -> None:
     """Each corpus connection carried all its requests: the gateway kept it open after every answer but the
     last of a connection whose client asked to close (Connection: close, HTTP/1.0)."""
@@ -808,7 +886,8 @@ def test_native_lane_serves_only_eligible_requests(lanes) -> None:
     eligible = [r.id for r in ALL_REQS if r.lane == NATIVE]
     served = [i for i in eligible if counted[i]]
     assert len(served) * 2 >= len(eligible), f"native lane served only {served} of {eligible}"
-    assert [i for i in WARM_NATIVE if not counted[i]] == [], "eligible, pool warm, yet not served natively"
+    missed = [i for i in WARM_NATIVE if not counted[i]]
+    assert missed == [], f"eligible, pool warm, yet not served natively: {missed}"
     stated = {r.id: (r.counted, counted[r.id]) for r in ALL_REQS
               if r.counted is not None and counted[r.id] != r.counted}
     assert stated == {}, f"(expected, actual) native counter increase: {stated}"
