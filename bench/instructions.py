@@ -13,7 +13,8 @@ Only user space is counted (the kernel's socket work is not), and an instruction
 ruler for changes to the gateway's own code — A/B two source trees with ``--src`` (the first is the baseline; a
 tree is a directory holding the ``sidecar_gateway`` package, e.g. ``src`` of a ``git worktree``) — not a
 replacement for ``run.py``.  ``INSTRUCTIONS_KEEP=DIR`` keeps each scenario's dump there for
-``callgrind_annotate`` (where the instructions go).  Valgrind slows the gateway ~50×: start-up takes about a minute per tree.
+``callgrind_annotate`` (where the instructions go).  Valgrind slows the gateway ~50×: start-up takes about a
+minute per tree.
 
 ``--floor`` also counts the featureless Python proxy of the benchmark (``floor_proxy.py``, in-process) on the
 scenarios it serves (S1, S2, S6) — the same ruler for "what any CPython request cycle costs"; ``--floor SCRIPT``

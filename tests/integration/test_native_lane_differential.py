@@ -509,7 +509,8 @@ CORPUS += PRE_CORPUS
 PRE_REQS = [r for conn in PRE_CORPUS for r in conn]
 ALL_REQS = [r for conn in CORPUS for r in conn]
 PREVIOUS = {conn[i].id: conn[i - 1].id for conn in CORPUS for i in range(1, len(conn))}
-POOL_EMPTYING = ("/close", "/closedelim", "/reset", "/malformed", "/http10", "/fields101", "/twocl", "/tecl", "/ka1")  # the backend closes the lane's connection
+# the lane's backend connection is closed after these answers (by the backend or by the lane)
+POOL_EMPTYING = ("/close", "/closedelim", "/reset", "/malformed", "/http10", "/fields101", "/twocl", "/tecl", "/ka1")
 
 
 def _warm_native() -> list[str]:
