@@ -562,6 +562,7 @@ class LaneRun:
     native: dict[str, float | None] = field(default_factory=dict)  # NATIVE_METRIC increase per request (None: absent)
     functions: dict[str, list[Received]] = field(default_factory=dict)  # the function's invocations per request
     metrics: dict[str, dict[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)  # after the corpus
+    access: list[dict[str, Any]] = field(default_factory=list)  # the access log's records, in order
 
 
 def run_corpus(gw: GatewayProcess, backend: RawBackend, functions: RawFunction, lane: str) -> LaneRun:
@@ -609,13 +610,16 @@ def native_count(admin: Any, gw: GatewayProcess) -> float | None:
 
 SIDECAR_SAMPLES = ("sidecar_verdicts_total", "sidecar_output_cache_lookups_total", "sidecar_errors_total",
                    "sidecar_invocation_duration_seconds_count")
+# the endpoint's own families: the native lane counts its plain outcomes in C and folds them in before a read
+GATEWAY_SAMPLES = ("gateway_requests_total", "gateway_request_duration_seconds_count",
+                   "gateway_upstream_duration_seconds_count")
 
 
 def sidecar_metrics(admin: Any, gw: GatewayProcess) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
     """The non-zero samples of ``SIDECAR_SAMPLES`` on /metrics: name → sorted labels → value."""
     r = admin.get(gw.admin_url + "/metrics", timeout=10)
     assert r.status_code == 200
-    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in SIDECAR_SAMPLES}
+    out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {name: {} for name in SIDECAR_SAMPLES + GATEWAY_SAMPLES}
     for fam in text_string_to_metric_families(r.text):
         for sample in fam.samples:
             if sample.name in out and sample.value:
@@ -689,9 +693,11 @@ def _run_lane(workdir: Path, backend: RawBackend, functions: RawFunction, env_va
     gw = GatewayProcess(workdir, gateway_config(backend, functions), env={NATIVE_ENV: env_value})
     try:
         gw.wait_ready()
-        return run_corpus(gw, backend, functions, env_value)
+        run = run_corpus(gw, backend, functions, env_value)
     finally:
         gw.stop()
+    run.access = [json.loads(line) for line in gw.stdout().splitlines() if line.startswith('{"method"')]
+    return run
 
 
 @pytest.fixture(scope="module")
@@ -733,6 +739,24 @@ def test_client_receives_the_same_answer_bytes_from_both_lanes(lanes, req: Req) 
     overran = f"bytes before this answer overran the previous one on its connection ({PREVIOUS.get(req.id)})"
     assert client_view(native_run.answers[req.id]) == client_view(python_run.answers[req.id]), \
         overran if native_run.answers[req.id].stray else ""
+
+
+ACCESS_VARYING = ("message_id", "duration_ms", "upstream_ms", "ts")  # per call: compared by presence and type
+
+
+def _access_view(record: dict[str, Any]) -> dict[str, Any]:
+    return {k: (type(v).__name__ if k in ACCESS_VARYING else v) for k, v in record.items()}
+
+
+def test_access_records_are_alike_in_both_lanes(lanes) -> None:
+    """One access record per call, in call order, with the same members in the same order and the same values in
+    both lanes (ids, durations and the timestamp compared by type): the native lane's records — written by
+    ``_lane.c`` itself for plain outcomes and terminates — are the Python lane's."""
+    python_run, native_run = lanes
+    assert len(python_run.access) >= len(ALL_REQS) - 5
+    assert [_access_view(r) for r in native_run.access] == [_access_view(r) for r in python_run.access]
+    assert [list(r) for r in native_run.access] == [list(r) for r in python_run.access]
+    assert all(UUID4.fullmatch(r["message_id"].encode()) for r in native_run.access if "message_id" in r)
 
 
 def test_no_bytes_follow_the_last_answer_on_any_connection(lanes) -> None:
@@ -1040,3 +1064,12 @@ def test_every_sidecar_metric_is_counted_alike_in_both_lanes(lanes) -> None:
     assert python_run.metrics["sidecar_verdicts_total"]
     for name in SIDECAR_SAMPLES:
         assert native_run.metrics[name] == python_run.metrics[name], name
+
+
+@pytest.mark.parametrize("name", GATEWAY_SAMPLES)
+def test_endpoint_metrics_are_counted_alike_in_both_lanes(lanes, name: str) -> None:
+    """Calls by endpoint and status, and the request and upstream duration counts, per label set, are the same in
+    both lanes after the same corpus."""
+    python_run, native_run = lanes
+    assert sum(python_run.metrics[name].values()) >= len(PRE_REQS)
+    assert native_run.metrics[name] == python_run.metrics[name]

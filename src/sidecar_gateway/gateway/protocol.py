@@ -624,12 +624,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                      function_elapsed: float | None) -> None:
         """A native call ended (``_lane.c`` ``finish``): its metrics and access record, then the connection goes
         on as after any response (``on_response_complete``)."""
-        pending = self._native_end()
         endpoint[12].done(self._gateway.access_log, method, path, message_id, status, elapsed,  # type: ignore[union-attr]
                           upstream_elapsed, error, function_elapsed)
+        if error == native_lane.E_INVALID:
+            self._native_end()
+            self.server_state.total_requests += 1
+            self.transport.close()
+            return
+        self._native_next()
+
+    def _native_next(self) -> None:
+        """A native call ended and is recorded (by ``_native_done``, or by ``_lane.c`` itself for a plain
+        outcome): the connection goes on as after any response (``on_response_complete``)."""
+        pending = self._native_end()
         self.server_state.total_requests += 1
         transport = self.transport
-        if self._native_close or error == native_lane.E_INVALID:
+        if self._native_close:
             transport.close()
             return
         if transport.is_closing():

@@ -378,6 +378,198 @@ static void clear_call(UpstreamObject *u) {
     Py_CLEAR(u->parser);
 }
 
+/* ------------------------------------------------------------------------------------------- Tally */
+
+/* The endpoint tuple of native/lane.py ``build_routes`` */
+enum { EP_EPR, EP_BASE, EP_HOST, EP_KEY_IN_HEADER, EP_KEY_NAMES, EP_POOL, EP_SERVICE, EP_ENDPOINT, EP_TIMEOUT,
+       EP_502, EP_504, EP_FUNC, EP_RECORDER, EP_TALLY, EP_SIZE };
+
+/* One endpoint's counts of the calls the lane answered and recorded itself (``record``), added into the Python
+ * metric families by ``Recorder.fold`` (native/lane.py) at the lane's sweep and before every metrics read: the
+ * same counters and histograms ``Recorder.done`` updates, without a Python call per request. */
+#define TALLY_BUCKETS 32
+#define TALLY_STATUSES 16
+typedef struct {
+    PyObject_HEAD
+    long calls;                                   /* gateway_native_requests_total */
+    int nstatus, status[TALLY_STATUSES];
+    long status_n[TALLY_STATUSES];                /* gateway_requests_total by status */
+    int nlat, nside;
+    double lat[TALLY_BUCKETS], side[TALLY_BUCKETS];  /* bucket bounds, ending with +Inf */
+    long req[TALLY_BUCKETS], up[TALLY_BUCKETS], fn[TALLY_BUCKETS];
+    double req_sum, up_sum, fn_sum;
+    long allows;                                  /* the pre-processor's plain allows (Processor.native_allow) */
+    PyObject *ids;                                /* the access line's ids (Recorder._ids) */
+    PyObject *recorder;                           /* listed in Dirty while it holds counts (borrowed) */
+    int listed;
+} TallyObject;
+
+static PyTypeObject TallyType;
+static int format_line(Buf *b, PyObject *ids, PyObject *method, PyObject *path, PyObject *mid, const char *before,
+                       Py_ssize_t before_n, double up, const char *after, Py_ssize_t after_n, long status,
+                       double elapsed);
+static PyObject *Dirty;                           /* Recorders whose tally holds counts */
+static PyObject *S_gateway, *S_access_log, *S_enabled, *S__buf, *S_flush, *S_native_next;
+static double LogFlushInterval = 0.5, LogFlushAt;  /* logs.FLUSH_INTERVAL_S */
+static Py_ssize_t LogBufferLimit = 65536;          /* logs.BUFFER_LIMIT */
+
+static int bounds_from(PyObject *seq, double *out, int *n) {
+    PyObject *t = PySequence_Tuple(seq);
+    if (!t) return -1;
+    Py_ssize_t k = PyTuple_GET_SIZE(t);
+    if (k < 1 || k > TALLY_BUCKETS) { Py_DECREF(t); PyErr_SetString(PyExc_ValueError, "1..32 bucket bounds"); return -1; }
+    for (Py_ssize_t i = 0; i < k; i++) out[i] = PyFloat_AsDouble(PyTuple_GET_ITEM(t, i));
+    Py_DECREF(t);
+    *n = (int)k;
+    return PyErr_Occurred() ? -1 : 0;
+}
+
+static int Tally_init(TallyObject *t, PyObject *args, PyObject *kw) {
+    PyObject *lat, *side, *ids, *recorder;
+    if (!PyArg_ParseTuple(args, "OOSO", &lat, &side, &ids, &recorder)) return -1;
+    if (bounds_from(lat, t->lat, &t->nlat) < 0 || bounds_from(side, t->side, &t->nside) < 0) return -1;
+    Py_XSETREF(t->ids, Py_NewRef(ids));
+    t->recorder = recorder;  /* the Recorder owns this tally */
+    return 0;
+}
+
+static void Tally_dealloc(TallyObject *t) {
+    Py_CLEAR(t->ids);
+    Py_TYPE(t)->tp_free((PyObject *)t);
+}
+
+static inline int bucket(const double *bounds, int n, double x) {
+    int i = 0;
+    while (i < n - 1 && x > bounds[i]) i++;  /* bisect_left: the first bound >= x (the last is +Inf) */
+    return i;
+}
+
+/* Count one call; 0, or -1 when its status has no free slot (the caller records it through Python). */
+static int tally_add(TallyObject *t, int status, double elapsed, double up, double fn, int allow) {
+    int k = 0;
+    while (k < t->nstatus && t->status[k] != status) k++;
+    if (k == t->nstatus) {
+        if (k == TALLY_STATUSES) return -1;
+        t->status[k] = status; t->status_n[k] = 0; t->nstatus++;
+    }
+    if (!t->listed) {
+        if (PyList_Append(Dirty, t->recorder) < 0) { PyErr_Clear(); return -1; }
+        t->listed = 1;
+    }
+    t->status_n[k]++;
+    t->calls++;
+    t->req[bucket(t->lat, t->nlat, elapsed)]++;
+    t->req_sum += elapsed;
+    if (up >= 0) { t->up[bucket(t->lat, t->nlat, up)]++; t->up_sum += up; }
+    if (allow) { t->fn[bucket(t->side, t->nside, fn)]++; t->fn_sum += fn; t->allows++; }
+    return 0;
+}
+
+static PyObject *counts_tuple(const long *c, int n) {
+    PyObject *t = PyTuple_New(n);
+    for (int i = 0; t && i < n; i++) {
+        PyObject *v = PyLong_FromLong(c[i]);
+        if (!v) { Py_CLEAR(t); break; }
+        PyTuple_SET_ITEM(t, i, v);
+    }
+    return t;
+}
+
+/* take() -> (calls, ((status, n), ...), request counts, sum, upstream counts, sum, allows, function counts, sum)
+ * and the tally starts again from zero. */
+static PyObject *Tally_take(TallyObject *t, PyObject *unused) {
+    PyObject *statuses = PyTuple_New(t->nstatus);
+    for (int k = 0; statuses && k < t->nstatus; k++) {
+        PyObject *pair = Py_BuildValue("(il)", t->status[k], t->status_n[k]);
+        if (!pair) { Py_CLEAR(statuses); break; }
+        PyTuple_SET_ITEM(statuses, k, pair);
+    }
+    PyObject *req = statuses ? counts_tuple(t->req, t->nlat) : NULL;
+    PyObject *up = req ? counts_tuple(t->up, t->nlat) : NULL;
+    PyObject *fn = up ? counts_tuple(t->fn, t->nside) : NULL;
+    PyObject *r = fn ? Py_BuildValue("(lOOdOdlOd)", t->calls, statuses, req, t->req_sum, up, t->up_sum,
+                                     t->allows, fn, t->fn_sum) : NULL;
+    Py_XDECREF(statuses); Py_XDECREF(req); Py_XDECREF(up); Py_XDECREF(fn);
+    if (!r) return NULL;
+    t->calls = 0; t->nstatus = 0; t->allows = 0; t->listed = 0;
+    t->req_sum = t->up_sum = t->fn_sum = 0;
+    memset(t->req, 0, sizeof t->req); memset(t->up, 0, sizeof t->up); memset(t->fn, 0, sizeof t->fn);
+    return r;
+}
+
+static PyMethodDef Tally_methods[] = {
+    {"take", (PyCFunction)Tally_take, METH_NOARGS, "The counts since the last take(), and start again."},
+    {NULL},
+};
+
+static PyTypeObject TallyType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "sidecar_gateway.native._lane.Tally",
+    .tp_basicsize = sizeof(TallyObject),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Tally_init,
+    .tp_dealloc = (destructor)Tally_dealloc,
+    .tp_methods = Tally_methods,
+};
+
+/* take_dirty() -> the Recorders whose tally holds counts (each listed once until its take()). */
+static PyObject *lane_take_dirty(PyObject *mod, PyObject *unused) {
+    PyObject *out = Dirty;
+    PyObject *fresh = PyList_New(0);
+    if (!fresh) return NULL;
+    Dirty = fresh;
+    return out;
+}
+
+/* The access line of a recorded call, appended to the gateway's AccessLog buffer (``AccessLog.write_line``). */
+static int log_line(UpstreamObject *u, TallyObject *t, int status, double elapsed, double up) {
+    PyObject *app = PyObject_GetAttr(u->client, S_gateway);
+    PyObject *log = app ? PyObject_GetAttr(app, S_access_log) : NULL;
+    Py_XDECREF(app);
+    if (!log) return -1;
+    PyObject *enabled = PyObject_GetAttr(log, S_enabled);
+    int on = enabled ? PyObject_IsTrue(enabled) : -1;
+    Py_XDECREF(enabled);
+    PyObject *buf = on > 0 ? PyObject_GetAttr(log, S__buf) : NULL;
+    int rc = on < 0 ? -1 : 0;
+    if (buf && PyByteArray_Check(buf)) {
+        static const char term[] = ",\"verdict_pre\":\"terminate\"";
+        int terminated = u->error == E_TERMINATED;
+        Buf b; buf_init(&b);
+        rc = format_line(&b, t->ids, u->method, u->path, u->mid, "", 0, up, terminated ? term : "",
+                         terminated ? (Py_ssize_t)(sizeof term - 1) : 0, status, elapsed);
+        Py_ssize_t old = PyByteArray_GET_SIZE(buf);
+        if (rc == 0 && (rc = PyByteArray_Resize(buf, old + b.n)) == 0) {
+            memcpy(PyByteArray_AS_STRING(buf) + old, b.p, b.n);
+            double now = now_s();
+            if (old + b.n > LogBufferLimit || now >= LogFlushAt) {
+                LogFlushAt = now + LogFlushInterval;
+                call_method0(log, S_flush);
+            }
+        }
+        buf_free(&b);
+    } else if (on > 0) {
+        rc = -1;
+        if (buf) PyErr_SetString(PyExc_TypeError, "AccessLog._buf is not a bytearray");
+    }
+    Py_XDECREF(buf);
+    Py_DECREF(log);
+    return rc;
+}
+
+/* The metrics and the access line of a call that ended plainly (answered by the backend, or a terminate) are
+ * kept here; 1 when done, 0 when the call is Python's to record (``Recorder.done``: failures and the rare). */
+static int record(UpstreamObject *u, int status, double elapsed) {
+    if (u->error != E_NONE && u->error != E_TERMINATED) return 0;
+    PyObject *t = PyTuple_GET_ITEM(u->endpoint, EP_TALLY);
+    if (Py_TYPE(t) != &TallyType) return 0;
+    int allow = u->f_elapsed >= 0 && u->error != E_TERMINATED;
+    if (tally_add((TallyObject *)t, status, elapsed, u->up_elapsed, u->f_elapsed, allow) < 0) return 0;
+    if (log_line(u, (TallyObject *)t, status, elapsed, u->up_elapsed) < 0) PyErr_WriteUnraisable(u->client);
+    return 1;
+}
+
 /* The call ended (complete, failed, timed out, or the client went away): tell the client protocol, then
  * give the connection back to the pool or close it. */
 static void finish(UpstreamObject *u, int reusable) {
@@ -389,6 +581,13 @@ static void finish(UpstreamObject *u, int reusable) {
         if (u->error == E_UNAVAILABLE) status = 502;
         else if (u->error == E_TIMEOUT) status = 504;
         else if (u->error == E_DISCONNECTED) status = 499;
+        if (record(u, status, elapsed)) {  /* the protocol goes on as after any response */
+            Py_INCREF(client);
+            PyObject *r = PyObject_CallMethodNoArgs(client, S_native_next);
+            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(client);
+            Py_DECREF(client);
+            goto done;
+        }
         PyObject *up = (u->up_elapsed >= 0) ? PyFloat_FromDouble(u->up_elapsed) : Py_NewRef(Py_None);
         PyObject *fe = (u->f_elapsed >= 0) ? PyFloat_FromDouble(u->f_elapsed) : Py_NewRef(Py_None);
         PyObject *args[] = {client, u->endpoint, u->method, u->path, u->mid, NULL, NULL, up, NULL, fe};
@@ -405,6 +604,7 @@ static void finish(UpstreamObject *u, int reusable) {
         Py_XDECREF(args[5]); Py_XDECREF(args[6]); Py_XDECREF(up); Py_XDECREF(args[8]); Py_XDECREF(fe);
         Py_DECREF(client);
     }
+done:
     clear_call(u);
     if (reusable && u->state == U_DONE && u->transport) {
         PyObject *closing = PyObject_CallMethodNoArgs(u->transport, S_is_closing);
@@ -425,7 +625,7 @@ static void finish(UpstreamObject *u, int reusable) {
 static void fail_before_head(UpstreamObject *u, int error) {
     u->error = error;
     if (!u->head_written && !u->client_gone && u->endpoint) {
-        PyObject *reply = PyTuple_GET_ITEM(u->endpoint, error == E_TIMEOUT ? 10 : 9);
+        PyObject *reply = PyTuple_GET_ITEM(u->endpoint, error == E_TIMEOUT ? EP_504 : EP_502);
         u->head_written = 1;
         client_write_reply(u, reply);
     } else if (u->head_written && !u->client_gone && u->client_transport) {
@@ -552,17 +752,17 @@ static void function_done(UpstreamObject *u) {
     }
     if (!body) { PyErr_WriteUnraisable((PyObject *)u); function_failed(u, S_failure, "native lane: out of memory"); return; }
     int reusable = u->state == U_DONE && u->keep_alive && u->body_size < READ_CAP;
-    int lambda = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, 11 /* EP_FUNC */), EP_FUNC_LAMBDA));
+    int lambda = PyObject_IsTrue(PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, EP_FUNC), EP_FUNC_LAMBDA));
     int allow = !u->function_error && ((!lambda && u->status == 204) ||
         (u->status == 200 && json_braces(PyBytes_AS_STRING(body), PyBytes_GET_SIZE(body), !lambda)));
     if (allow && u->client && !u->client_gone) {
-        PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, 5 /* EP_POOL */);
+        PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, EP_POOL);
         UpstreamObject *b = pool_take(bp, now);
         if (b) {
             u->f_elapsed = f_elapsed;
             move_call(b, u);
             b->retried = 0;
-            double endpoint_deadline = b->t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(b->endpoint, 8 /* EP_TIMEOUT */));
+            double endpoint_deadline = b->t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(b->endpoint, EP_TIMEOUT));
             b->deadline = endpoint_deadline > now + 0.001 ? endpoint_deadline : now + 0.001;
             release(u, reusable);
             if (start_exchange(b, b->wire, R_BACKEND) < 0) {
@@ -585,7 +785,7 @@ static void function_done(UpstreamObject *u) {
     Py_DECREF(body);
     if (result && !allow && u->client && !u->client_gone) {
         /* a terminate is decided and rendered by Python (gateway/native_hooks.py) and answered from here */
-        PyObject *decide = PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, 11 /* EP_FUNC */), EP_FUNC_DECIDE);
+        PyObject *decide = PyTuple_GET_ITEM(PyTuple_GET_ITEM(u->endpoint, EP_FUNC), EP_FUNC_DECIDE);
         PyObject *fe = PyFloat_FromDouble(f_elapsed);
         PyObject *args[] = {result, fe};
         PyObject *answer = fe ? PyObject_Vectorcall(decide, args, 2, NULL) : NULL;
@@ -1329,8 +1529,6 @@ static PyTypeObject PoolType = {
 
 /* ------------------------------------------------------------------------------------------- serve() */
 
-enum { EP_EPR, EP_BASE, EP_HOST, EP_KEY_IN_HEADER, EP_KEY_NAMES, EP_POOL, EP_SERVICE, EP_ENDPOINT, EP_TIMEOUT,
-       EP_502, EP_504, EP_FUNC, EP_RECORDER, EP_SIZE };
 
 static int key_name(PyObject *names, const char *s, Py_ssize_t n) {
     Py_ssize_t count = PyTuple_GET_SIZE(names);
@@ -1656,8 +1854,6 @@ error:
 }
 
 
-/* ``thousandths(x)`` as ``repr`` prints it (observability/logs.py): k = int(x * 1000 + 0.5), then k / 1000 in its
- * shortest form — the decimal with trailing zeros dropped ("1.0", "0.96", "1795674160.7"). */
 /* ``x`` rounded to thousandths, printed as orjson prints such a float: at least one decimal, no trailing zeros
  * (``12.5``, ``3.0``, ``0.125``).  Durations and timestamps are never negative (clamped to 0). */
 static int put_thousandths(Buf *b, double x) {
@@ -1691,9 +1887,29 @@ static int put_str(Buf *b, PyObject *o) {
     return s ? buf_put(b, s, n) : -1;
 }
 
+/* One access line into ``b`` (native/lane.py ``Recorder``): ``before`` / ``after`` are the rare members around
+ * ``upstream_ms`` (an error name; disconnected / verdict_pre), ``up`` < 0: no upstream_ms.  0, or -1 (exception). */
+static int format_line(Buf *b, PyObject *ids, PyObject *method, PyObject *path, PyObject *mid, const char *before,
+                       Py_ssize_t before_n, double up, const char *after, Py_ssize_t after_n, long status,
+                       double elapsed) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+    char num[24];
+    int ok = buf_str(b, "{\"method\":\"") == 0 && put_str(b, method) == 0 && buf_str(b, "\",\"path\":\"") == 0 &&
+             put_str(b, path) == 0 && buf_str(b, "\",\"message_id\":\"") == 0 && put_str(b, mid) == 0 &&
+             buf_put(b, "\"", 1) == 0 && buf_put(b, PyBytes_AS_STRING(ids), PyBytes_GET_SIZE(ids)) == 0 &&
+             buf_put(b, before, before_n) == 0;
+    if (ok && up >= 0) ok = buf_str(b, ",\"upstream_ms\":") == 0 && put_thousandths(b, up * 1000) == 0;
+    ok = ok && buf_put(b, after, after_n) == 0 &&
+         buf_str(b, ",\"status\":") == 0 && buf_put(b, num, put_int(num, status)) == 0 &&
+         buf_str(b, ",\"duration_ms\":") == 0 && put_thousandths(b, elapsed * 1000) == 0 &&
+         buf_str(b, ",\"ts\":") == 0 && put_thousandths(b, now) == 0 && buf_str(b, "}\n") == 0;
+    return ok ? 0 : -1;
+}
+
 /* format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes: the access
- * line of a native call (native/lane.py ``Recorder``): ``before`` / ``after`` are the rare members around
- * ``upstream_ms`` (an error name; disconnected / verdict_pre), ``upstream`` None or seconds. */
+ * line of a native call (``format_line``), ``upstream`` None or seconds. */
 static PyObject *lane_format_record(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 9) { PyErr_SetString(PyExc_TypeError, "format_record() takes 9 arguments"); return NULL; }
     PyObject *ids = args[0], *before = args[4], *up = args[5], *after = args[6];
@@ -1703,25 +1919,12 @@ static PyObject *lane_format_record(PyObject *mod, PyObject *const *args, Py_ssi
     }
     long status = PyLong_AsLong(args[7]);
     double elapsed = PyFloat_AsDouble(args[8]);
+    double upstream = up == Py_None ? -1 : PyFloat_AsDouble(up);
     if (PyErr_Occurred()) return NULL;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double now = (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
     Buf b; buf_init(&b);
-    char num[24];
-    int ok = buf_str(&b, "{\"method\":\"") == 0 && put_str(&b, args[1]) == 0 && buf_str(&b, "\",\"path\":\"") == 0 &&
-             put_str(&b, args[2]) == 0 && buf_str(&b, "\",\"message_id\":\"") == 0 && put_str(&b, args[3]) == 0 &&
-             buf_put(&b, "\"", 1) == 0 && buf_put(&b, PyBytes_AS_STRING(ids), PyBytes_GET_SIZE(ids)) == 0 &&
-             buf_put(&b, PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before)) == 0;
-    if (ok && up != Py_None) {
-        double u = PyFloat_AsDouble(up);
-        ok = !PyErr_Occurred() && buf_str(&b, ",\"upstream_ms\":") == 0 && put_thousandths(&b, u * 1000) == 0;
-    }
-    ok = ok && buf_put(&b, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after)) == 0 &&
-         buf_str(&b, ",\"status\":") == 0 && buf_put(&b, num, put_int(num, status)) == 0 &&
-         buf_str(&b, ",\"duration_ms\":") == 0 && put_thousandths(&b, elapsed * 1000) == 0 &&
-         buf_str(&b, ",\"ts\":") == 0 && put_thousandths(&b, now) == 0 && buf_str(&b, "}\n") == 0;
-    PyObject *r = ok ? PyBytes_FromStringAndSize(b.p, b.n) : NULL;
+    int rc = format_line(&b, ids, args[1], args[2], args[3], PyBytes_AS_STRING(before), PyBytes_GET_SIZE(before),
+                         upstream, PyBytes_AS_STRING(after), PyBytes_GET_SIZE(after), status, elapsed);
+    PyObject *r = rc == 0 ? PyBytes_FromStringAndSize(b.p, b.n) : NULL;
     buf_free(&b);
     return r;
 }
@@ -1759,7 +1962,12 @@ static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
 
 static PyObject *lane_configure(PyObject *mod, PyObject *args) {
     PyObject *parser, *lines, *retry, *warm;
-    if (!PyArg_ParseTuple(args, "OO!OO", &parser, &PyDict_Type, &lines, &retry, &warm)) return NULL;
+    double interval = LogFlushInterval;
+    Py_ssize_t limit = LogBufferLimit;
+    if (!PyArg_ParseTuple(args, "OO!OO|dn", &parser, &PyDict_Type, &lines, &retry, &warm, &interval, &limit))
+        return NULL;
+    LogFlushInterval = interval;
+    LogBufferLimit = limit;
     Py_XSETREF(ResponseParser, Py_NewRef(parser));
     Py_XSETREF(RetryHook, Py_NewRef(retry));
     Py_XSETREF(WarmHook, Py_NewRef(warm));
@@ -1775,7 +1983,8 @@ static PyMethodDef lane_methods[] = {
      "format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes"},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
     {"sha256_hex", (PyCFunction)lane_sha256_hex, METH_O, "Hex SHA-256 (the signer's, for tests)."},
-    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm)"},
+    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm[, log flush interval, log buffer limit])"},
+    {"take_dirty", (PyCFunction)lane_take_dirty, METH_NOARGS, "The Recorders whose tally holds counts."},
     {NULL}
 };
 
@@ -1785,7 +1994,8 @@ PyMODINIT_FUNC PyInit__lane(void) {
     init_classes();
     rng_seed();
     pthread_atfork(NULL, NULL, rng_after_fork);
-    if (PyType_Ready(&PoolType) < 0 || PyType_Ready(&UpstreamType) < 0) return NULL;
+    if (PyType_Ready(&PoolType) < 0 || PyType_Ready(&UpstreamType) < 0 || PyType_Ready(&TallyType) < 0) return NULL;
+    if (!Dirty && !(Dirty = PyList_New(0))) return NULL;
 #define STR(var, text) if (!(var = PyUnicode_InternFromString(text))) return NULL
     STR(S_write, "write"); STR(S_close, "close"); STR(S_is_closing, "is_closing");
     STR(S_pause_reading, "pause_reading"); STR(S_resume_reading, "resume_reading"); STR(S_feed_data, "feed_data");
@@ -1794,12 +2004,15 @@ PyMODINIT_FUNC PyInit__lane(void) {
     STR(S_get_write_buffer_size, "get_write_buffer_size"); STR(S_native_handover, "_native_handover");
     STR(S_timeout, "timeout"); STR(S_failure, "failure"); STR(S__native, "_native");
     STR(S_HTTP10, "1.0"); STR(S_GET, "GET"); STR(S_HEAD, "HEAD");
+    STR(S_gateway, "_gateway"); STR(S_access_log, "access_log"); STR(S_enabled, "enabled"); STR(S__buf, "_buf");
+    STR(S_flush, "flush"); STR(S_native_next, "_native_next");
 #undef STR
     CHUNKED_END = PyBytes_FromString("0\r\n\r\n");
     if (!CHUNKED_END) return NULL;
     PyObject *m = PyModule_Create(&lane_module);
     if (!m) return NULL;
     if (PyModule_AddObjectRef(m, "Pool", (PyObject *)&PoolType) < 0 ||
-        PyModule_AddObjectRef(m, "Upstream", (PyObject *)&UpstreamType) < 0) { Py_DECREF(m); return NULL; }
+        PyModule_AddObjectRef(m, "Upstream", (PyObject *)&UpstreamType) < 0 ||
+        PyModule_AddObjectRef(m, "Tally", (PyObject *)&TallyType) < 0) { Py_DECREF(m); return NULL; }
     return m;
 }

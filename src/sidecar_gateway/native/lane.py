@@ -28,7 +28,8 @@ import orjson
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE
 
 from ..errors import BackendFailure, ErrorCode
-from ..observability.logs import log_event
+from ..observability.logs import BUFFER_LIMIT, FLUSH_INTERVAL_S, log_event
+from ..observability.metrics import before_read, request_duration, sidecar_invocation_duration, upstream_duration
 
 try:
     from . import _lane
@@ -147,7 +148,7 @@ def build_routes(runtime: Any, hooks: Any) -> dict[bytes, tuple[Any, ...] | None
             runtime.endpoints[endpoint.endpoint_id], target.base_path.encode("latin-1"), target.host_header,
             location.in_header, tuple(name.encode("latin-1") for name in location.names), pool,
             endpoint.service_id, endpoint.endpoint_id, float(endpoint.timeout_s),
-            bad, late, function, Recorder(epr, epr.sidecar.pre if function is not None else None),
+            bad, late, function, *Recorder.pair(epr, epr.sidecar.pre if function is not None else None),
         )
     return routes
 
@@ -159,7 +160,7 @@ class Recorder:
     (same members, same order; the lane's methods, paths and ids need no JSON escaping, the service and endpoint
     ids are encoded once here; ``_lane.format_record`` prints the thousandths as orjson prints those floats)."""
 
-    __slots__ = ("_ids", "_metrics", "_processor")
+    __slots__ = ("_ids", "_metrics", "_processor", "tally")
 
     def __init__(self, epr: Any, processor: Any) -> None:
         self._metrics = epr.metrics
@@ -167,6 +168,24 @@ class Recorder:
         endpoint = epr.plan
         self._ids = (b',"service_id":' + orjson.dumps(endpoint.service_id) + b',"endpoint_id":'
                      + orjson.dumps(endpoint.endpoint_id) + b',"key":null')
+        # Plain outcomes (the backend answered, or a terminate) are counted and logged by _lane.c itself
+        # (``record``) into this tally and the access log's buffer; ``fold`` adds the counts into the families.
+        self.tally = _lane.Tally(request_duration.bounds, sidecar_invocation_duration.bounds, self._ids, self)
+
+    @classmethod
+    def pair(cls, epr: Any, processor: Any) -> tuple[Recorder, Any]:
+        """The endpoint tuple's last two members (``_lane.c`` EP_RECORDER, EP_TALLY)."""
+        recorder = cls(epr, processor)
+        return recorder, recorder.tally
+
+    def fold(self) -> None:
+        """The tally's counts since the last fold, into the metric families (as ``done`` counts one call)."""
+        calls, statuses, request, request_sum, upstream, upstream_sum, allows, function, function_sum = (
+            self.tally.take())
+        if calls:
+            self._metrics.fold_native(calls, statuses, request, request_sum, upstream, upstream_sum)
+        if allows:
+            self._processor.native_allows(allows, function, function_sum)
 
     def done(self, log: Any, method: str, path: str, message_id: str, status: int, elapsed: float,
              upstream_elapsed: float | None, error: int, function_elapsed: float | None) -> None:
@@ -233,9 +252,16 @@ def _ensure_sweeper(loop: asyncio.AbstractEventLoop) -> None:
         _sweeper = loop.call_later(SWEEP_INTERVAL_S, _tick, loop)
 
 
+def fold_tallies() -> None:
+    """Every endpoint tally with counts, into the metric families (each sweep, and before a metrics read)."""
+    for recorder in _lane.take_dirty():
+        recorder.fold()
+
+
 def _tick(loop: asyncio.AbstractEventLoop) -> None:
     global _sweeper, _ticks
     _lane.sweep()
+    fold_tallies()
     _ticks += 1
     if _ticks % REAP_EVERY == 0:
         _reap()
@@ -260,8 +286,12 @@ def close_pools() -> None:
         _sweeper = None
 
 
+# the tally counts request and upstream durations in one set of buckets
+assert request_duration.bounds == upstream_duration.bounds
+
 if _lane is not None:
-    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, warm)
+    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, warm, FLUSH_INTERVAL_S, BUFFER_LIMIT)
+    before_read(fold_tallies)
     serve = _lane.serve
     Upstream: Any = _lane.Upstream
     _format = _lane.format_record

@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import os
 from bisect import bisect_left
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +113,17 @@ class _Histogram:
     def observe(self, amount: float) -> None:
         self.counts[bisect_left(self._bounds, amount)] += 1  # the first bucket with amount <= bound
         self.sum += amount
+        if not _dirty:
+            _mark()
+
+    def add_counts(self, counts: tuple[int, ...], total: float) -> None:
+        """Observations counted elsewhere (the native lane's tally): per-bucket counts of the same bounds and
+        their sum."""
+        mine = self.counts
+        for i, n in enumerate(counts):
+            if n:
+                mine[i] += n
+        self.sum += total
         if not _dirty:
             _mark()
 
@@ -222,6 +233,12 @@ class LazyChild:
             child = self._child = self._parent.labels(*self._labels)
         child.observe(amount)
 
+    def add_counts(self, counts: tuple[int, ...], total: float) -> None:
+        child = self._child
+        if child is None:
+            child = self._child = self._parent.labels(*self._labels)
+        child.add_counts(counts, total)
+
 
 class EndpointMetrics:
     """One endpoint's children, each bound on first use (the 1,000 endpoints of a large configuration cost
@@ -273,6 +290,21 @@ class EndpointMetrics:
         if not _dirty:
             _mark()
 
+    def fold_native(self, calls: int, statuses: tuple[tuple[int, int], ...], request: tuple[int, ...],
+                    request_sum: float, upstream: tuple[int, ...], upstream_sum: float) -> None:
+        """``observe_native`` for many calls at once: the native lane's tally (``Recorder.fold``)."""
+        for status, count in statuses:
+            child = self._status.get(status)
+            if child is None:
+                child = self._status[status] = requests_total.labels(*self._labels, str(status))
+            child.value += count
+        self.request_duration.add_counts(request, request_sum)
+        if any(upstream):
+            self.upstream_duration.add_counts(upstream, upstream_sum)
+        _native_requests.value += calls
+        if not _dirty:
+            _mark()
+
     def observe(self, status: int, duration_s: float) -> None:
         """One answered call: ``gateway_requests_total`` by status and ``gateway_request_duration_seconds``."""
         child = self._status.get(status)
@@ -295,8 +327,20 @@ def _snapshot_dir() -> Path | None:
 _SNAPSHOT_DIR = _snapshot_dir()  # set by the supervisor before the workers are spawned
 
 
+_before_read: list[Callable[[], None]] = []  # counts kept elsewhere, added in before every read (the native lane)
+
+
+def before_read(hook: Callable[[], None]) -> None:
+    """``hook`` runs before the values are read (a scrape, a snapshot): it adds counts kept outside the
+    families (native/lane.py folds its tallies)."""
+    if hook not in _before_read:
+        _before_read.append(hook)
+
+
 def _values() -> _Values:
     """A copy of every child's value (on the loop thread: consistent, and cheap — ~1 ms per 10k series)."""
+    for hook in _before_read:
+        hook()
     out: _Values = {}
     for fam in _FAMILIES:
         if fam.kind == _HISTOGRAM:
@@ -312,6 +356,8 @@ def flush() -> None:
     if _flush_timer is not None:
         _flush_timer.cancel()
         _flush_timer = None
+    for hook in _before_read:
+        hook()
     if not _dirty or _SNAPSHOT_DIR is None:
         return
     _dirty = False

@@ -352,6 +352,14 @@ class Processor:
         self._duration.observe(elapsed)
         self._verdict[VerdictKind.ALLOW].inc()
 
+    def native_allows(self, count: int, buckets: tuple[int, ...], total: float) -> None:
+        """``native_allow`` for ``count`` calls at once (the lane's tally, ``Recorder.fold``): their durations as
+        bucket counts of ``sidecar_invocation_duration_seconds`` and their sum."""
+        if self._use_cache:
+            self._count_lookup(self.plan.point, False, count)
+        self._duration.add_counts(buckets, total)
+        self._verdict[VerdictKind.ALLOW].inc(count)
+
     def native_verdict(self, result: tuple[Any, ...]) -> Verdict | None:
         """The verdict of an answer the native lane received (``transports/http.INJECTED`` shapes) when it is a
         terminate without a cache hint — ``_invoke``'s classification, nothing counted — else None: the Python
@@ -429,13 +437,13 @@ class Processor:
                 self._cache.put(key, verdict, ttl_ms, time.monotonic())
         return verdict
 
-    def _count_lookup(self, point: Point, hit: bool) -> None:
+    def _count_lookup(self, point: Point, hit: bool, count: int = 1) -> None:
         child = self._lookups.get((point, hit))
         if child is None:
             labels = self._pf_labels if point is _PREFLIGHT else self._labels
             child = self._lookups[(point, hit)] = LazyChild(sidecar_output_cache_lookups, *labels,
                                                             "hit" if hit else "miss")
-        child.inc()
+        child.inc(count)
 
     async def _invoke(self, payload: bytes, invocation_type: InvocationType, message_id: str, point: Point,
                       duration: Any) -> Verdict:
