@@ -432,16 +432,15 @@ def _pre(rid: str, path: str, *, lane: str, counted: int | None, status: int = 2
                pause_after=pause_after, fn_calls=1, counted=counted)
 
 
-WARM = 0.3  # seconds for the native lane to open the connection a call found missing
-# ``counted``: 1 = the lane must serve it natively (function and backend pools warm, answer a plain allow); 0 = the
-# counter must not move (a cold pool, a header the input would carry, or handed over); None = either.
+WARM = 0.3  # seconds to leave a connection the lane opened for a call time to settle in its pool
+# ``counted``: 1 = the lane must serve it natively (answer a plain allow; a pool with no idle connection opens one
+# for the call); 0 = the counter must not move (a header the input would carry, or handed over); None = either.
 PRE_CORPUS: tuple[tuple[Req, ...], ...] = (
     (
-        # No function connection yet: the Python lane serves the call (and calls the function); the lane warms its
-        # function pool.  Next, the lane calls the function, but its backend pool (listener 1) is cold: it warms it
-        # and hands the call over with the allow it received.  From then on both pools are warm.
-        _pre("pre-cold-function-pool", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
-        _pre("pre-cold-backend-pool", "/pre-allow/cl", lane=TAKEN, counted=0, pause_after=WARM),
+        # No function connection yet, and no backend connection (listener 1): the lane opens one to the function,
+        # and after its allow one to the backend, for this call (``await_connection``), and serves it natively.
+        _pre("pre-cold-function-pool", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
+        _pre("pre-cold-backend-pool", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-braces", "/pre-allow/cl", lane=NATIVE, counted=1),
         _pre("pre-allow-braces-whitespace", "/pre-allow-ws/cl", lane=NATIVE, counted=1),
         _pre("pre-allow-empty-200", "/pre-allow-empty/cl", lane=NATIVE, counted=1),
@@ -475,23 +474,23 @@ PRE_CORPUS: tuple[tuple[Req, ...], ...] = (
     ),
     (
         # Answers that break the function connection: each empties the lane's function pool, so the next call
-        # goes to the Python lane (which calls the function) while the lane opens a new connection.
+        # waits for a new connection the lane opens for it, and is still served natively.
         _pre("pre-function-malformed", "/pre-malformed/cl", lane=TAKEN, counted=0, status=500,
              reaches_backend=0),
-        _pre("pre-after-malformed", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
+        _pre("pre-after-malformed", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-rewarmed", "/pre-allow/cl", lane=NATIVE, counted=1),
         _pre("pre-function-hangup", "/pre-hangup/cl", lane=TAKEN, counted=0, status=500, reaches_backend=0),
-        _pre("pre-after-hangup", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
+        _pre("pre-after-hangup", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-after-hangup", "/pre-allow/cl", lane=NATIVE, counted=1),
         _pre("pre-function-timeout", "/pre-slow/cl", lane=TAKEN, counted=0, status=504, reaches_backend=0),
-        _pre("pre-after-timeout", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
+        _pre("pre-after-timeout", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-after-timeout", "/pre-allow/cl", lane=NATIVE, counted=1),
         _pre("pre-function-timeout-failsafe", "/pre-slow-failsafe/cl", lane=TAKEN, counted=0),
-        _pre("pre-after-timeout-failsafe", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
+        _pre("pre-after-timeout-failsafe", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-after-timeout-failsafe", "/pre-allow/cl", lane=NATIVE, counted=1),
         # a plain allow whose answer closes the function connection: served natively, then the pool is empty
         _pre("pre-allow-connection-close", "/pre-allow-close/cl", lane=NATIVE, counted=1),
-        _pre("pre-after-connection-close", "/pre-allow/cl", lane=NATIVE, counted=0, pause_after=WARM),
+        _pre("pre-after-connection-close", "/pre-allow/cl", lane=NATIVE, counted=1, pause_after=WARM),
         _pre("pre-allow-last", "/pre-allow/cl", lane=NATIVE, counted=1),
         # HEAD: the function is still POSTed and answers with a body, which decides as for a GET.  Each HEAD call
         # is followed by a GET on /pre-allow that must find the function connection still pooled, then a pause

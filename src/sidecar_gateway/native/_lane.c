@@ -309,11 +309,14 @@ struct UpstreamObject {
     int head_bytes, head_raw, resp_started, head_written, chunked_out, client_gone, read_paused, close_after;
     int error;                   /* E_*: why the call ended early */
     int retried;                 /* the call already moved to a fresh connection once */
+    int reserved;                /* opened for a waiting call (``handover``): not put in the pool on connect */
     int role;                    /* R_BACKEND: the backend exchange; R_FUNCTION: the pre-processor's call */
     int function_error;          /* the function's answer carries X-Amz-Function-Error */
     double t_up;                 /* when the backend request was written (upstream_ms) */
     double f_elapsed;            /* the pre-processor's call (invocation duration), -1 when none */
     PyObject *body;              /* R_FUNCTION: the answer's body pieces */
+    PyObject *first;             /* a call waiting for a new connection (U_RETRY): what to write first, or NULL
+                                    for ``wire`` (the backend request) */
     Py_ssize_t body_size;
     UpstreamObject *prev, *next; /* calls in flight (sweep) */
 };
@@ -373,7 +376,7 @@ static void upstream_close(UpstreamObject *u) {
 
 static void clear_call(UpstreamObject *u) {
     Py_CLEAR(u->client); Py_CLEAR(u->client_transport); Py_CLEAR(u->endpoint); Py_CLEAR(u->request);
-    Py_CLEAR(u->wire); Py_CLEAR(u->body);
+    Py_CLEAR(u->wire); Py_CLEAR(u->body); Py_CLEAR(u->first);
     Py_CLEAR(u->method); Py_CLEAR(u->path); Py_CLEAR(u->mid); Py_CLEAR(u->headers); Py_CLEAR(u->out);
     Py_CLEAR(u->parser);
 }
@@ -724,6 +727,31 @@ static void function_failed(UpstreamObject *u, PyObject *kind, const char *detai
     Py_XDECREF(result);
 }
 
+static PyObject *Upstream_give_up(UpstreamObject *u, PyObject *unused);
+/* No idle connection in ``pool``: a call holder that waits for a new one (U_RETRY, no transport).  Once the
+ * call is on it, ``request_connection`` asks lane.py to open the connection; ``handover`` then starts the exchange
+ * there, as for a stale connection's retry (or ``give_up``: 502, or the function's failure).  NULL (no exception)
+ * when the pool is at its limit: the Python lane serves the call. */
+#define MAX_POOL_CONNECTIONS 1024  /* lane.py MAX_CONNECTIONS */
+static UpstreamObject *await_connection(PoolObject *pool) {
+    if (!RetryHook || pool->connections + pool->connecting >= MAX_POOL_CONNECTIONS) return NULL;
+    UpstreamObject *w = (UpstreamObject *)PyObject_CallOneArg((PyObject *)&UpstreamType, (PyObject *)pool);
+    if (!w) { PyErr_WriteUnraisable((PyObject *)pool); return NULL; }
+    w->state = U_RETRY;
+    return w;
+}
+
+static void request_connection(UpstreamObject *w, int role) {
+    w->role = role;
+    w->retried = 1;  /* a fresh connection: no stale-connection retry */
+    link_inflight(w);
+    PyObject *r = PyObject_CallOneArg(RetryHook, (PyObject *)w);
+    if (r) { Py_DECREF(r); return; }
+    PyErr_WriteUnraisable(RetryHook);
+    r = Upstream_give_up(w, NULL);
+    Py_XDECREF(r);
+}
+
 /* The answer's body is ``{}`` within JSON whitespace (RFC 8259 §2), or, when ``empty_ok``, only whitespace: the
  * http stack reads an empty 200 as ``{}`` (§8.1); aws-lambda does not (§7.2). */
 static int json_braces(const char *s, Py_ssize_t n, int empty_ok) {
@@ -758,6 +786,8 @@ static void function_done(UpstreamObject *u) {
     if (allow && u->client && !u->client_gone) {
         PoolObject *bp = (PoolObject *)PyTuple_GET_ITEM(u->endpoint, EP_POOL);
         UpstreamObject *b = pool_take(bp, now);
+        int waiting = 0;
+        if (!b && (b = await_connection(bp))) waiting = 1;
         if (b) {
             u->f_elapsed = f_elapsed;
             move_call(b, u);
@@ -765,7 +795,9 @@ static void function_done(UpstreamObject *u) {
             double endpoint_deadline = b->t0 + PyFloat_AsDouble(PyTuple_GET_ITEM(b->endpoint, EP_TIMEOUT));
             b->deadline = endpoint_deadline > now + 0.001 ? endpoint_deadline : now + 0.001;
             release(u, reusable);
-            if (start_exchange(b, b->wire, R_BACKEND) < 0) {
+            if (waiting) {
+                request_connection(b, R_BACKEND);
+            } else if (start_exchange(b, b->wire, R_BACKEND) < 0) {
                 PyErr_WriteUnraisable((PyObject *)b);
                 b->state = U_AWAIT_HEAD;
                 fail_before_head(b, E_UNAVAILABLE);
@@ -1188,7 +1220,7 @@ static PyObject *Upstream_connection_made(UpstreamObject *u, PyObject *transport
     u->idle_since = now_s();
     if (u->pool) {
         u->pool->connections++;
-        if (PyList_Append(u->pool->idle, (PyObject *)u) < 0) return NULL;
+        if (!u->reserved && PyList_Append(u->pool->idle, (PyObject *)u) < 0) return NULL;
     }
     Py_RETURN_NONE;
 }
@@ -1363,19 +1395,35 @@ static PyObject *Upstream_close_after(UpstreamObject *u, PyObject *unused) {
 static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
     if (Py_TYPE(arg) != &UpstreamType) { PyErr_SetString(PyExc_TypeError, "handover(Upstream)"); return NULL; }
     UpstreamObject *f = (UpstreamObject *)arg;
-    if (u->state != U_RETRY || !u->client || f->state != U_IDLE || !f->transport) Py_RETURN_FALSE;
+    int usable = f->state == U_IDLE && f->transport;
+    int reserved = f->reserved;
+    f->reserved = 0;
+    if (u->state != U_RETRY || !u->client) {  /* the call ended meanwhile: a spare connection for the pool */
+        if (usable && reserved && f->pool && PyList_Append(f->pool->idle, (PyObject *)f) < 0) return NULL;
+        Py_RETURN_FALSE;
+    }
+    if (!usable) {  /* it broke before the call could use it: the call fails as its connection would have */
+        PyObject *r = Upstream_give_up(u, NULL);
+        Py_XDECREF(r);
+        Py_RETURN_TRUE;
+    }
     pool_remove(f);
     clear_call(f);
+    PyObject *first = u->first ? Py_NewRef(u->first) : NULL;
+    int role = u->role;
     move_call(f, u);
     f->deadline = u->deadline;
     f->retried = 1;
     u->state = U_CLOSED;
     clear_call(u);
-    if (start_exchange(f, f->wire, R_BACKEND) < 0) {
+    int rc = start_exchange(f, first ? first : f->wire, role);
+    Py_XDECREF(first);
+    if (rc < 0) {
         PyErr_WriteUnraisable((PyObject *)f);
         f->state = U_AWAIT_HEAD;
-        fail_before_head(f, E_UNAVAILABLE);
-    } else {
+        if (role == R_FUNCTION) function_failed(f, S_failure, "native lane: out of memory");
+        else fail_before_head(f, E_UNAVAILABLE);
+    } else if (role == R_BACKEND) {
         f->t_up = now_s();
     }
     Py_RETURN_TRUE;
@@ -1385,7 +1433,8 @@ static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
 static PyObject *Upstream_give_up(UpstreamObject *u, PyObject *unused) {
     if (u->state == U_RETRY && u->client) {
         Py_INCREF(u);
-        fail_before_head(u, E_UNAVAILABLE);
+        if (u->role == R_FUNCTION) function_failed(u, S_failure, "could not connect to the function");
+        else fail_before_head(u, E_UNAVAILABLE);
         Py_DECREF(u);
     }
     Py_RETURN_NONE;
@@ -1402,8 +1451,10 @@ static PyObject *Upstream_close(UpstreamObject *u, PyObject *unused) {
 
 static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
     PyObject *pool;
-    if (!PyArg_ParseTuple(args, "O!", &PoolType, &pool)) return -1;
+    int reserved = 0;
+    if (!PyArg_ParseTuple(args, "O!|p", &PoolType, &pool, &reserved)) return -1;
     Py_XSETREF(u->pool, (PoolObject *)Py_NewRef(pool));
+    u->reserved = reserved;
     u->state = U_CONNECTING;
     u->idle_limit = KEEPALIVE_TIMEOUT_S;
     u->up_elapsed = -1;
@@ -1413,7 +1464,7 @@ static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
 static int Upstream_traverse(UpstreamObject *u, visitproc visit, void *arg) {
     Py_VISIT(u->pool); Py_VISIT(u->transport); Py_VISIT(u->parser); Py_VISIT(u->client);
     Py_VISIT(u->client_transport); Py_VISIT(u->endpoint); Py_VISIT(u->request); Py_VISIT(u->headers);
-    Py_VISIT(u->wire); Py_VISIT(u->body);
+    Py_VISIT(u->wire); Py_VISIT(u->body); Py_VISIT(u->first);
     Py_VISIT(u->out);
     return 0;
 }
@@ -1622,6 +1673,12 @@ static PyObject *function_request(PyObject *func, const char *mid) {
     return wire;
 }
 
+/* A connection taken for a call that is not made after all: back to its pool (a waiting holder is dropped). */
+static void put_back(PoolObject *pool, UpstreamObject *u, int waiting) {
+    if (!waiting && PyList_Append(pool->idle, (PyObject *)u) < 0) PyErr_Clear();
+    Py_DECREF(u);
+}
+
 /* serve(client, client_transport, data, routes, peer, scheme) -> Upstream (taken) | Pool (eligible, no idle
  * connection: the Python lane serves it and lane.py warms the pool) | None (not for this lane) */
 static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
@@ -1766,6 +1823,8 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     PoolObject *pool = (PoolObject *)PyTuple_GET_ITEM(func_names ? func : endpoint, func_names ? EP_FUNC_POOL : EP_POOL);
     if (Py_TYPE(pool) != &PoolType) goto not_taken;
     UpstreamObject *u = pool_take(pool, t0);
+    int waiting = 0;  /* no idle connection: the call waits for a new one (await_connection) */
+    if (!u && (u = await_connection(pool))) waiting = 1;
     if (!u) { buf_free(&kept); return Py_NewRef((PyObject *)pool); }
 
     /* the backend request (proxy.backend_path + http11.encode_request_head) */
@@ -1794,7 +1853,7 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
          buf_str(&req, "\r\nx-mashery-message-id: ") == 0 && buf_put(&req, mid, 36) == 0 &&
          buf_str(&req, "\r\n\r\n") == 0;
     buf_free(&kept);
-    if (!ok) { buf_free(&req); PyList_Append(pool->idle, (PyObject *)u); Py_DECREF(u); return NULL; }
+    if (!ok) { buf_free(&req); put_back(pool, u, waiting); return NULL; }
     PyObject *wire = PyBytes_FromStringAndSize(req.p, req.n);
     buf_free(&req);
     PyObject *first = NULL;  /* what is written now: the backend request, or the function call */
@@ -1803,16 +1862,14 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     if (first == Py_None) {  /* no usable signing credentials cached: the Python lane serves (and fetches them) */
         Py_DECREF(first);
         Py_DECREF(wire);
-        PyList_Append(pool->idle, (PyObject *)u);
-        Py_DECREF(u);
+        put_back(pool, u, waiting);
         Py_RETURN_NONE;
     }
     PyObject *mid_s = first ? PyUnicode_FromStringAndSize(mid, 36) : NULL;
     PyObject *path_s = mid_s ? PyUnicode_DecodeLatin1(target, path_len, NULL) : NULL;
     if (!path_s) {
         Py_XDECREF(wire); Py_XDECREF(first); Py_XDECREF(mid_s);
-        PyList_Append(pool->idle, (PyObject *)u);  /* the connection is still good: back to the pool */
-        Py_DECREF(u);
+        put_back(pool, u, waiting);  /* the connection is still good: back to the pool */
         return NULL;
     }
     clear_call(u);
@@ -1832,6 +1889,11 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     u->is_head = is_head;
     u->close_after = 0;
     u->retried = 0;
+    if (waiting) {
+        if (func_names) u->first = first; else Py_DECREF(first);  /* the backend's is ``wire`` */
+        request_connection(u, func_names ? R_FUNCTION : R_BACKEND);
+        return (PyObject *)u;
+    }
     int rc = start_exchange(u, first, func_names ? R_FUNCTION : R_BACKEND);
     Py_DECREF(first);
     if (rc < 0) {
@@ -1945,7 +2007,7 @@ static PyObject *lane_sweep(PyObject *mod, PyObject *unused) {
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(expired); i++) {
         UpstreamObject *u = (UpstreamObject *)PyList_GET_ITEM(expired, i);
         if (!u->client) continue;
-        if (u->role == R_FUNCTION && (u->state == U_AWAIT_HEAD || u->state == U_BODY))
+        if (u->role == R_FUNCTION && (u->state == U_AWAIT_HEAD || u->state == U_BODY || u->state == U_RETRY))
             function_failed(u, S_timeout, "");  /* the processor's deadline: the Python lane applies §5.3/failSafe */
         else if (u->role == R_BACKEND && (u->state == U_AWAIT_HEAD || u->state == U_RETRY))
             fail_before_head(u, E_TIMEOUT);

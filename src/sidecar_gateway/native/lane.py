@@ -56,17 +56,19 @@ _ticks = 0
 
 
 def _retry(upstream: Any) -> None:
-    """``_lane.c``: a pooled connection broke before any response byte; open a fresh one for the call (once, same
-    message id, within the call's deadline: fastpool.py's stale-connection rule)."""
+    """``_lane.c``: a call needs a new connection — its pool had none idle (``await_connection``), or a pooled
+    connection broke before any response byte (then once, same message id: fastpool.py's stale-connection rule).
+    Opened now; the call's deadline runs meanwhile (the sweep)."""
+    _ensure_sweeper(asyncio.get_running_loop())
     _start(_reconnect(upstream))
 
 
 async def _reconnect(upstream: Any) -> None:
-    fresh = await _open(upstream.pool)
+    fresh = await _open(upstream.pool, reserved=True)  # kept out of the pool: no other call can take it first
     if fresh is None:
         upstream.give_up()
     else:
-        upstream.handover(fresh)  # False: the call ended meanwhile, ``fresh`` stays in the pool
+        upstream.handover(fresh)  # False: the call ended meanwhile, ``fresh`` goes to the pool
 
 
 _ERROR_NAMES = {
@@ -226,14 +228,14 @@ async def _connect(pool: Any) -> None:
         pool.connecting -= 1
 
 
-async def _open(pool: Any) -> Any:
-    """A new connection of ``pool`` (idle, in the pool), or None when it could not be opened: the Python lane
-    keeps serving, and its client reports the backend."""
+async def _open(pool: Any, *, reserved: bool = False) -> Any:
+    """A new connection of ``pool`` (idle, in the pool unless ``reserved`` for a waiting call), or None when it
+    could not be opened."""
     host, port = pool.origin
     loop = asyncio.get_running_loop()
     try:
-        _, upstream = await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port),
-                                             CONNECT_TIMEOUT_S)
+        _, upstream = await asyncio.wait_for(
+            loop.create_connection(lambda: _lane.Upstream(pool, reserved), host, port), CONNECT_TIMEOUT_S)
     except (OSError, TimeoutError) as exc:
         log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
         return None
