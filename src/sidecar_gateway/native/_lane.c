@@ -1640,11 +1640,15 @@ static PyObject *function_request(PyObject *func, const char *mid) {
         PyErr_SetString(PyExc_ValueError, "bad signer state");
         return NULL;
     }
-    struct tm tmv;
-    gmtime_r(&now, &tmv);
-    char date[64];  /* 16 used; room for what the compiler cannot prove about tm fields */
-    snprintf(date, sizeof date, "%04d%02d%02dT%02d%02d%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday,
-             tmv.tm_hour, tmv.tm_min, tmv.tm_sec);
+    static time_t date_of = -1;  /* the X-Amz-Date of the current second, made once per second */
+    static char date[64];        /* 16 used; room for what the compiler cannot prove about tm fields */
+    if (now != date_of) {
+        struct tm tmv;
+        gmtime_r(&now, &tmv);
+        snprintf(date, sizeof date, "%04d%02d%02dT%02d%02d%02dZ", tmv.tm_year + 1900, tmv.tm_mon + 1, tmv.tm_mday,
+                 tmv.tm_hour, tmv.tm_min, tmv.tm_sec);
+        date_of = now;
+    }
     char *w = PyBytes_AS_STRING(wire);
     memcpy(w + od, date, 16);
     unsigned char digest[32];
