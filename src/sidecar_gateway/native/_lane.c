@@ -500,8 +500,19 @@ static PyObject *Tally_take(TallyObject *t, PyObject *unused) {
     return r;
 }
 
+/* add(status, elapsed, upstream, function) -> bool: count one call as ``record`` does (upstream / function < 0:
+ * none; a function duration counts a plain allow).  False when the status has no free slot. */
+static PyObject *Tally_add(TallyObject *t, PyObject *args) {
+    int status;
+    double elapsed, up, fn;
+    if (!PyArg_ParseTuple(args, "iddd", &status, &elapsed, &up, &fn)) return NULL;
+    if (tally_add(t, status, elapsed, up, fn, fn >= 0) < 0) { PyErr_Clear(); Py_RETURN_FALSE; }
+    Py_RETURN_TRUE;
+}
+
 static PyMethodDef Tally_methods[] = {
     {"take", (PyCFunction)Tally_take, METH_NOARGS, "The counts since the last take(), and start again."},
+    {"add", (PyCFunction)Tally_add, METH_VARARGS, "Count one call (record's counting, for tests)."},
     {NULL},
 };
 
