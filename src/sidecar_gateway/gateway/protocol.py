@@ -88,7 +88,6 @@ from uvicorn.protocols.http.httptools_impl import HEADER_RE, HEADER_VALUE_RE, ST
 from uvicorn.server import ServerState
 
 from ..native import lane as native_lane
-from ..native.lane import Upstream as NativeUpstream
 from ..native.lane import serve as native_serve
 from ..transports.http import inject
 
@@ -560,13 +559,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             if routes is not None and app.inflight < runtime.plan.max_inflight:
                 taken = native_serve(self, self.transport, data, routes, self._peer, self._scheme_b)
                 if taken is not None:
-                    if type(taken) is NativeUpstream:
-                        self._native = taken
-                        app.inflight += 1
-                        if self._header_timer is not None:
-                            self._cancel_header_timer()
-                        return
-                    native_lane.warm(taken)  # eligible, but no pooled connection yet: the Python lane serves it
+                    self._native = taken
+                    app.inflight += 1
+                    if self._header_timer is not None:
+                        self._cancel_header_timer()
+                    return
         self._feed(data)
 
     def _feed(self, data: bytes) -> None:
@@ -626,20 +623,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         on as after any response (``on_response_complete``)."""
         endpoint[12].done(self._gateway.access_log, method, path, message_id, status, elapsed,  # type: ignore[union-attr]
                           upstream_elapsed, error, function_elapsed)
-        if error == native_lane.E_INVALID:
-            self._native_end()
-            self.server_state.total_requests += 1
-            self.transport.close()
-            return
-        self._native_next()
+        self._native_next(error == native_lane.E_INVALID)
 
-    def _native_next(self) -> None:
+    def _native_next(self, close: bool = False) -> None:
         """A native call ended and is recorded (by ``_native_done``, or by ``_lane.c`` itself for a plain
-        outcome): the connection goes on as after any response (``on_response_complete``)."""
+        outcome): the connection goes on as after any response (``on_response_complete``), or closes."""
         pending = self._native_end()
         self.server_state.total_requests += 1
         transport = self.transport
-        if self._native_close:
+        if close or self._native_close:
             transport.close()
             return
         if transport.is_closing():

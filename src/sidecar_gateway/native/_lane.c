@@ -32,7 +32,6 @@
 
 static PyObject *ResponseParser;   /* httptools.HttpResponseParser */
 static PyObject *RetryHook;        /* lane._retry(upstream): open a fresh connection for a call (lane.py) */
-static PyObject *WarmHook;         /* lane.warm(pool): open a connection for the next calls (lane.py) */
 static PyObject *StatusLines;      /* dict int -> bytes (uvicorn STATUS_LINE) */
 static PyObject *S_native_handover, *S_timeout, *S_failure, *S__native;
 static PyObject *S_write, *S_close, *S_is_closing, *S_pause_reading, *S_resume_reading, *S_feed_data,
@@ -273,7 +272,6 @@ typedef struct {
     PyObject *idle;        /* list of Upstream, most recently used last */
     PyObject *origin;      /* (host, port) */
     int connections;       /* open connections of this pool (idle or busy) */
-    int connecting;        /* warm-ups in progress (lane.py) */
 } PoolObject;
 
 static PyTypeObject PoolType;
@@ -309,7 +307,6 @@ struct UpstreamObject {
     int head_bytes, head_raw, resp_started, head_written, chunked_out, client_gone, read_paused, close_after;
     int error;                   /* E_*: why the call ended early */
     int retried;                 /* the call already moved to a fresh connection once */
-    int reserved;                /* opened for a waiting call (``handover``): not put in the pool on connect */
     int role;                    /* R_BACKEND: the backend exchange; R_FUNCTION: the pre-processor's call */
     int function_error;          /* the function's answer carries X-Amz-Function-Error */
     double t_up;                 /* when the backend request was written (upstream_ms) */
@@ -743,9 +740,9 @@ static PyObject *Upstream_give_up(UpstreamObject *u, PyObject *unused);
  * call is on it, ``request_connection`` asks lane.py to open the connection; ``handover`` then starts the exchange
  * there, as for a stale connection's retry (or ``give_up``: 502, or the function's failure).  NULL (no exception)
  * when the pool is at its limit: the Python lane serves the call. */
-#define MAX_POOL_CONNECTIONS 1024  /* lane.py MAX_CONNECTIONS */
+#define MAX_POOL_CONNECTIONS 1024  /* per pool and worker */
 static UpstreamObject *await_connection(PoolObject *pool) {
-    if (!RetryHook || pool->connections + pool->connecting >= MAX_POOL_CONNECTIONS) return NULL;
+    if (!RetryHook || pool->connections >= MAX_POOL_CONNECTIONS) return NULL;
     UpstreamObject *w = (UpstreamObject *)PyObject_CallOneArg((PyObject *)&UpstreamType, (PyObject *)pool);
     if (!w) { PyErr_WriteUnraisable((PyObject *)pool); return NULL; }
     w->state = U_RETRY;
@@ -818,10 +815,6 @@ static void function_done(UpstreamObject *u) {
             Py_DECREF(b);
             Py_DECREF(body);
             return;
-        }
-        if (WarmHook) {  /* the Python lane takes this call; the next ones find a connection */
-            PyObject *r = PyObject_CallOneArg(WarmHook, (PyObject *)bp);
-            if (r) Py_DECREF(r); else PyErr_WriteUnraisable(WarmHook);
         }
     }
     PyObject *result = Py_BuildValue("(OiOOi)", Py_None, u->status, u->headers, body, u->function_error);
@@ -1229,10 +1222,7 @@ static PyObject *Upstream_connection_made(UpstreamObject *u, PyObject *transport
     Py_XSETREF(u->transport, Py_NewRef(transport));
     u->state = U_IDLE;
     u->idle_since = now_s();
-    if (u->pool) {
-        u->pool->connections++;
-        if (!u->reserved && PyList_Append(u->pool->idle, (PyObject *)u) < 0) return NULL;
-    }
+    if (u->pool) u->pool->connections++;  /* opened for a waiting call: in no pool until ``handover`` */
     Py_RETURN_NONE;
 }
 
@@ -1407,10 +1397,8 @@ static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
     if (Py_TYPE(arg) != &UpstreamType) { PyErr_SetString(PyExc_TypeError, "handover(Upstream)"); return NULL; }
     UpstreamObject *f = (UpstreamObject *)arg;
     int usable = f->state == U_IDLE && f->transport;
-    int reserved = f->reserved;
-    f->reserved = 0;
     if (u->state != U_RETRY || !u->client) {  /* the call ended meanwhile: a spare connection for the pool */
-        if (usable && reserved && f->pool && PyList_Append(f->pool->idle, (PyObject *)f) < 0) return NULL;
+        if (usable && f->pool && PyList_Append(f->pool->idle, (PyObject *)f) < 0) return NULL;
         Py_RETURN_FALSE;
     }
     if (!usable) {  /* it broke before the call could use it: the call fails as its connection would have */
@@ -1418,7 +1406,6 @@ static PyObject *Upstream_handover(UpstreamObject *u, PyObject *arg) {
         Py_XDECREF(r);
         Py_RETURN_TRUE;
     }
-    pool_remove(f);
     clear_call(f);
     PyObject *first = u->first ? Py_NewRef(u->first) : NULL;
     int role = u->role;
@@ -1462,10 +1449,8 @@ static PyObject *Upstream_close(UpstreamObject *u, PyObject *unused) {
 
 static int Upstream_init(UpstreamObject *u, PyObject *args, PyObject *kwds) {
     PyObject *pool;
-    int reserved = 0;
-    if (!PyArg_ParseTuple(args, "O!|p", &PoolType, &pool, &reserved)) return -1;
+    if (!PyArg_ParseTuple(args, "O!", &PoolType, &pool)) return -1;
     Py_XSETREF(u->pool, (PoolObject *)Py_NewRef(pool));
-    u->reserved = reserved;
     u->state = U_CONNECTING;
     u->idle_limit = KEEPALIVE_TIMEOUT_S;
     u->up_elapsed = -1;
@@ -1570,7 +1555,6 @@ static PyMemberDef Pool_members[] = {
     {"idle", T_OBJECT, offsetof(PoolObject, idle), READONLY, NULL},
     {"origin", T_OBJECT, offsetof(PoolObject, origin), READONLY, NULL},
     {"connections", T_INT, offsetof(PoolObject, connections), READONLY, NULL},
-    {"connecting", T_INT, offsetof(PoolObject, connecting), 0, NULL},
     {NULL}
 };
 
@@ -1694,8 +1678,8 @@ static void put_back(PoolObject *pool, UpstreamObject *u, int waiting) {
     Py_DECREF(u);
 }
 
-/* serve(client, client_transport, data, routes, peer, scheme) -> Upstream (taken) | Pool (eligible, no idle
- * connection: the Python lane serves it and lane.py warms the pool) | None (not for this lane) */
+/* serve(client, client_transport, data, routes, peer, scheme) -> Upstream (taken: on a pooled connection, or
+ * waiting for a new one) | None (not for this lane, or its pool at its limit: the Python lane serves it) */
 static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nargs) {
     if (nargs != 6) { PyErr_SetString(PyExc_TypeError, "serve() takes 6 arguments"); return NULL; }
     PyObject *client = args[0], *ctransport = args[1], *data = args[2], *routes = args[3], *peer = args[4],
@@ -1840,7 +1824,7 @@ static PyObject *lane_serve(PyObject *mod, PyObject *const *args, Py_ssize_t nar
     UpstreamObject *u = pool_take(pool, t0);
     int waiting = 0;  /* no idle connection: the call waits for a new one (await_connection) */
     if (!u && (u = await_connection(pool))) waiting = 1;
-    if (!u) { buf_free(&kept); return Py_NewRef((PyObject *)pool); }
+    if (!u) goto not_taken;  /* the pool is at its limit: the Python lane serves the call */
 
     /* the backend request (proxy.backend_path + http11.encode_request_head) */
     Buf req; buf_init(&req);
@@ -2038,29 +2022,27 @@ static PyObject *lane_message_id(PyObject *mod, PyObject *unused) {
 }
 
 static PyObject *lane_configure(PyObject *mod, PyObject *args) {
-    PyObject *parser, *lines, *retry, *warm;
+    PyObject *parser, *lines, *retry;
     double interval = LogFlushInterval;
     Py_ssize_t limit = LogBufferLimit;
-    if (!PyArg_ParseTuple(args, "OO!OO|dn", &parser, &PyDict_Type, &lines, &retry, &warm, &interval, &limit))
-        return NULL;
+    if (!PyArg_ParseTuple(args, "OO!O|dn", &parser, &PyDict_Type, &lines, &retry, &interval, &limit)) return NULL;
     LogFlushInterval = interval;
     LogBufferLimit = limit;
     Py_XSETREF(ResponseParser, Py_NewRef(parser));
     Py_XSETREF(RetryHook, Py_NewRef(retry));
-    Py_XSETREF(WarmHook, Py_NewRef(warm));
     Py_XSETREF(StatusLines, Py_NewRef(lines));
     Py_RETURN_NONE;
 }
 
 static PyMethodDef lane_methods[] = {
     {"serve", (PyCFunction)(void (*)(void))lane_serve, METH_FASTCALL,
-     "serve(client, client_transport, data, routes, peer, scheme) -> Upstream | Pool | None"},
+     "serve(client, client_transport, data, routes, peer, scheme) -> Upstream | None"},
     {"sweep", (PyCFunction)lane_sweep, METH_NOARGS, "Answer 504 for calls past their deadline."},
     {"format_record", (PyCFunction)(void (*)(void))lane_format_record, METH_FASTCALL,
      "format_record(ids, method, path, message_id, before, upstream, after, status, elapsed) -> bytes"},
     {"message_id", (PyCFunction)lane_message_id, METH_NOARGS, "A message id as serve() makes them."},
     {"sha256_hex", (PyCFunction)lane_sha256_hex, METH_O, "Hex SHA-256 (the signer's, for tests)."},
-    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry, warm[, log flush interval, log buffer limit])"},
+    {"configure", (PyCFunction)lane_configure, METH_VARARGS, "configure(HttpResponseParser, STATUS_LINE, retry[, log flush interval, log buffer limit])"},
     {"take_dirty", (PyCFunction)lane_take_dirty, METH_NOARGS, "The Recorders whose tally holds counts."},
     {NULL}
 };

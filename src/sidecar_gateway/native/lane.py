@@ -36,21 +36,19 @@ try:
 except ImportError:  # built without a C compiler: the Python lane serves everything
     _lane = None  # type: ignore[assignment]
 
-__all__ = ["AVAILABLE", "ENV", "Recorder", "Upstream", "build_routes", "close_pools", "enabled", "serve", "warm"]
+__all__ = ["AVAILABLE", "ENV", "Recorder", "build_routes", "close_pools", "enabled", "serve"]
 
 AVAILABLE = _lane is not None
 ENV = "SIDECAR_GATEWAY_NATIVE"
 SWEEP_INTERVAL_S = 0.05  # the deadline of a call waiting for its response head is kept to within this
 REAP_EVERY = 20  # sweeps between two passes over the pools for expired idle connections (1 s)
-WARM_PARALLEL = 4  # connections being opened at once per pool
-MAX_CONNECTIONS = 1024  # per pool and worker
 CONNECT_TIMEOUT_S = 10.0  # http11.CONNECT_TIMEOUT_S
 
 # Why a native call ended early (``_lane.c`` E_*), for the access record and the log.
 E_UNAVAILABLE, E_TIMEOUT, E_BROKEN, E_DISCONNECTED, E_INVALID, E_TERMINATED = 1, 2, 3, 4, 5, 6
 
 _pools: dict[tuple[str, int], Any] = {}  # (host, port) -> _lane.Pool, for the whole worker (survives reloads)
-_connecting: set[asyncio.Task[None]] = set()  # connection tasks (warm-ups and retries)
+_connecting: set[asyncio.Task[None]] = set()  # connection tasks (``_retry``)
 _sweeper: asyncio.TimerHandle | None = None
 _ticks = 0
 
@@ -64,11 +62,20 @@ def _retry(upstream: Any) -> None:
 
 
 async def _reconnect(upstream: Any) -> None:
-    fresh = await _open(upstream.pool, reserved=True)  # kept out of the pool: no other call can take it first
-    if fresh is None:
+    """Open ``upstream``'s new connection and hand the call over to it (``handover``: False when the call ended
+    meanwhile, and the connection goes to the pool); ``give_up`` when it cannot be opened.  Until the hand-over
+    the connection is in no pool, so no other call can take it first."""
+    pool = upstream.pool
+    host, port = pool.origin
+    loop = asyncio.get_running_loop()
+    try:
+        _, fresh = await asyncio.wait_for(loop.create_connection(lambda: _lane.Upstream(pool), host, port),
+                                          CONNECT_TIMEOUT_S)
+    except (OSError, TimeoutError) as exc:
+        log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
         upstream.give_up()
-    else:
-        upstream.handover(fresh)  # False: the call ended meanwhile, ``fresh`` goes to the pool
+        return
+    upstream.handover(fresh)
 
 
 _ERROR_NAMES = {
@@ -211,37 +218,6 @@ class Recorder:
                                None if name is not None else upstream_elapsed, after, status, elapsed))
 
 
-def warm(pool: Any) -> None:
-    """A call found ``pool`` empty (the Python lane served it): open a connection for the next ones."""
-    if pool.connecting >= WARM_PARALLEL or pool.connections + pool.connecting >= MAX_CONNECTIONS:
-        return
-    loop = asyncio.get_running_loop()
-    _ensure_sweeper(loop)
-    pool.connecting += 1
-    _start(_connect(pool))
-
-
-async def _connect(pool: Any) -> None:
-    try:
-        await _open(pool)  # connected: the connection put itself in the pool (``Upstream.connection_made``)
-    finally:
-        pool.connecting -= 1
-
-
-async def _open(pool: Any, *, reserved: bool = False) -> Any:
-    """A new connection of ``pool`` (idle, in the pool unless ``reserved`` for a waiting call), or None when it
-    could not be opened."""
-    host, port = pool.origin
-    loop = asyncio.get_running_loop()
-    try:
-        _, upstream = await asyncio.wait_for(
-            loop.create_connection(lambda: _lane.Upstream(pool, reserved), host, port), CONNECT_TIMEOUT_S)
-    except (OSError, TimeoutError) as exc:
-        log_event(logging.DEBUG, "native_connect_failed", host=host, port=port, error=repr(exc))
-        return None
-    return upstream
-
-
 def _start(coro: Any) -> None:
     task = asyncio.get_running_loop().create_task(coro)
     _connecting.add(task)  # a reference each, or the loop may drop them
@@ -292,11 +268,9 @@ def close_pools() -> None:
 assert request_duration.bounds == upstream_duration.bounds
 
 if _lane is not None:
-    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, warm, FLUSH_INTERVAL_S, BUFFER_LIMIT)
+    _lane.configure(httptools.HttpResponseParser, dict(STATUS_LINE), _retry, FLUSH_INTERVAL_S, BUFFER_LIMIT)
     before_read(fold_tallies)
     serve = _lane.serve
-    Upstream: Any = _lane.Upstream
     _format = _lane.format_record
 else:
     serve = None
-    Upstream = type(None)

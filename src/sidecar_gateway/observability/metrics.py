@@ -266,51 +266,36 @@ class EndpointMetrics:
             child = self._request_duration = request_duration.labels(*self._labels)
         return child
 
-    def count(self, status: int) -> None:
+    def _status_child(self, status: int) -> _Counter:
         child = self._status.get(status)
         if child is None:
             child = self._status[status] = requests_total.labels(*self._labels, str(status))
-        child.inc()
+        return child
+
+    def count(self, status: int) -> None:
+        self._status_child(status).inc()
 
     def observe_native(self, status: int, duration_s: float, upstream_s: float | None) -> None:
-        """One call the native lane answered: ``observe`` and, when the backend answered, the upstream duration,
-        plus ``gateway_native_requests_total`` — the same updates, inlined (it runs once per native call)."""
-        child = self._status.get(status)
-        if child is None:
-            child = self._status[status] = requests_total.labels(*self._labels, str(status))
-        child.value += 1
-        hist = self._request_duration or self.request_duration
-        hist.counts[bisect_left(hist._bounds, duration_s)] += 1
-        hist.sum += duration_s
+        """One call the native lane answered and Python records (a failure: ``Recorder.done``): ``observe``,
+        the upstream duration when the backend answered, and ``gateway_native_requests_total``."""
+        self.observe(status, duration_s)
         if upstream_s is not None:
-            hist = self._upstream_duration or self.upstream_duration
-            hist.counts[bisect_left(hist._bounds, upstream_s)] += 1
-            hist.sum += upstream_s
-        _native_requests.value += 1
-        if not _dirty:
-            _mark()
+            self.upstream_duration.observe(upstream_s)
+        _native_requests.inc()
 
     def fold_native(self, calls: int, statuses: tuple[tuple[int, int], ...], request: tuple[int, ...],
                     request_sum: float, upstream: tuple[int, ...], upstream_sum: float) -> None:
         """``observe_native`` for many calls at once: the native lane's tally (``Recorder.fold``)."""
         for status, count in statuses:
-            child = self._status.get(status)
-            if child is None:
-                child = self._status[status] = requests_total.labels(*self._labels, str(status))
-            child.value += count
+            self._status_child(status).inc(count)
         self.request_duration.add_counts(request, request_sum)
         if any(upstream):
             self.upstream_duration.add_counts(upstream, upstream_sum)
-        _native_requests.value += calls
-        if not _dirty:
-            _mark()
+        _native_requests.inc(calls)
 
     def observe(self, status: int, duration_s: float) -> None:
         """One answered call: ``gateway_requests_total`` by status and ``gateway_request_duration_seconds``."""
-        child = self._status.get(status)
-        if child is None:
-            child = self._status[status] = requests_total.labels(*self._labels, str(status))
-        child.inc()
+        self._status_child(status).inc()
         self.request_duration.observe(duration_s)
 
 
@@ -341,6 +326,10 @@ def _values() -> _Values:
     """A copy of every child's value (on the loop thread: consistent, and cheap — ~1 ms per 10k series)."""
     for hook in _before_read:
         hook()
+    return _copy()
+
+
+def _copy() -> _Values:
     out: _Values = {}
     for fam in _FAMILIES:
         if fam.kind == _HISTOGRAM:
@@ -361,7 +350,7 @@ def flush() -> None:
     if not _dirty or _SNAPSHOT_DIR is None:
         return
     _dirty = False
-    data = {name: [[list(k), v] for k, v in children.items()] for name, children in _values().items()}
+    data = {name: [[list(k), v] for k, v in children.items()] for name, children in _copy().items()}
     path = _SNAPSHOT_DIR / f"{_SNAPSHOT_PREFIX}{os.getpid()}.json"
     tmp = path.with_suffix(".tmp")
     with contextlib.suppress(OSError):  # metrics never take the gateway down (a full disk: stale metrics)

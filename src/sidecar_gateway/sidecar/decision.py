@@ -347,10 +347,13 @@ class Processor:
     def native_allow(self, elapsed: float) -> None:
         """The native lane made this processor's call and the answer was a plain allow: the metrics
         ``_request_response`` and ``_apply`` would have counted."""
+        self._count_native(VerdictKind.ALLOW, elapsed)
+
+    def _count_native(self, kind: VerdictKind, elapsed: float) -> None:
         if self._use_cache:
             self._count_lookup(self.plan.point, False)
         self._duration.observe(elapsed)
-        self._verdict[VerdictKind.ALLOW].inc()
+        self._verdict[kind].inc()
 
     def native_allows(self, count: int, buckets: tuple[int, ...], total: float) -> None:
         """``native_allow`` for ``count`` calls at once (the lane's tally, ``Recorder.fold``): their durations as
@@ -379,10 +382,7 @@ class Processor:
     def native_count(self, verdict: Verdict, elapsed: float) -> None:
         """The native lane answered ``verdict`` (from ``native_verdict``): what ``_request_response`` and
         ``_apply`` count."""
-        if self._use_cache:
-            self._count_lookup(self.plan.point, False)
-        self._duration.observe(elapsed)
-        self._verdict[verdict.kind].inc()
+        self._count_native(verdict.kind, elapsed)
 
     @property
     def output_cache_filled(self) -> set[str]:
